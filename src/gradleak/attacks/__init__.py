@@ -1,0 +1,41 @@
+"""Attacks: one module per published attack, all called as ``attack(observation, ...)``."""
+
+from __future__ import annotations
+
+from gradleak.attacks.base import Attack, Reconstruction
+from gradleak.attacks.dlg import DLG
+from gradleak.attacks.idlg import IDLG
+from gradleak.attacks.inverting_gradients import InvertingGradients
+from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
+from gradleak.errors import GradleakError
+
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (DLG, IDLG, InvertingGradients)}
+
+
+def list_attacks() -> list[str]:
+    return sorted(ATTACKS)
+
+
+def get_attack(name: str, **settings) -> Attack:
+    """The attack registered as ``name``, configured with ``settings``."""
+    try:
+        cls = ATTACKS[name]
+    except KeyError:
+        raise GradleakError(
+            f"unknown attack method {name!r}; choose one of: {', '.join(list_attacks())}"
+        ) from None
+    return cls(**settings)
+
+
+__all__ = [
+    "ATTACKS",
+    "DLG",
+    "IDLG",
+    "Attack",
+    "GradientMatchingAttack",
+    "InvertingGradients",
+    "MatchingSettings",
+    "Reconstruction",
+    "get_attack",
+    "list_attacks",
+]

@@ -1,0 +1,26 @@
+"""Improved DLG (Zhao, Mopuri and Bilen, 2020), https://arxiv.org/abs/2001.02610.
+
+iDLG reads the label of a single sample analytically from the output layer's gradient (see
+:func:`gradleak.attacks.labels.idlg_label`) and then runs DLG's optimization for the image only.
+"""
+
+from __future__ import annotations
+
+from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
+
+
+class IDLG(GradientMatchingAttack):
+    """iDLG: DLG with the analytic label (batch size 1).
+
+    Shape:
+        observation of one image (C, H, W) -> images (1, C, H, W), labels (1,).
+
+    Examples::
+        >>> reconstruction = IDLG()(observation)
+        >>> reconstruction.labels  # the analytic label
+    """
+
+    name = "idlg"
+    defaults = MatchingSettings(
+        distance="l2", optimizer="lbfgs", lr=1.0, iterations=300, labels="analytic", patience=30
+    )

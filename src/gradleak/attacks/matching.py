@@ -1,0 +1,243 @@
+"""Gradient matching assembled from shared parts; DLG, iDLG and Inverting Gradients configure it.
+
+    argmin_{x, y}  D( grad_theta L(f_theta(x), y),  g_observed )  +  sum_k  lambda_k R_k(x)
+
+The parts: the client simulator (vmapped restarts), a gradient distance D (l2 or cosine), a pixel
+parameterization (boxed or free), priors R_k (total variation), a label strategy (known,
+analytic, joint) and an optimizer (L-BFGS, or Adam with signed gradients and step decay). All
+restarts are one batched tensor; each restart keeps its best iterate and the restart with the
+lowest gradient distance is returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gradleak.attacks.base import Attack, ProgressCallback, Reconstruction
+from gradleak.attacks.labels import fixed_labels, resolve_strategy
+from gradleak.attacks.objectives import GradientDistance
+from gradleak.attacks.parameterization import Pixels
+from gradleak.attacks.priors import total_variation
+from gradleak.attacks.simulation import ClientSimulator
+from gradleak.errors import GradleakError
+from gradleak.models import ImageClassifier
+from gradleak.threat import Observation
+
+OPTIMIZERS = ("adam", "lbfgs")
+MAX_FRAMES = 60
+
+
+@dataclass(frozen=True)
+class MatchingSettings:
+    """Settings of a gradient-matching attack (every field is overridable by keyword).
+
+    Attributes:
+        distance: ``"l2"`` (DLG) or ``"cosine"`` (Inverting Gradients).
+        optimizer: ``"lbfgs"`` (DLG) or ``"adam"``.
+        lr: step size.
+        iterations: optimizer steps (an L-BFGS step runs up to ``lbfgs_inner`` inner iterations).
+        restarts: random initializations optimized together as one batch.
+        tv: weight of the total-variation prior (0 disables it).
+        labels: ``"auto"``, ``"known"``, ``"analytic"`` (iDLG, batch size 1) or ``"joint"`` (DLG).
+        init: ``"randn"``, ``"rand"`` or ``"gray"``.
+        boxed: clamp pixels to [0, 1] after each step.
+        signed: use the sign of the image gradient (Inverting Gradients' signed Adam).
+        lr_decay: multiply the step size by 0.1 at 3/8, 5/8 and 7/8 of the run.
+        layer_weights: one weight per parameter tensor for the distance, or None.
+        lbfgs_inner: L-BFGS iterations per step.
+        patience: stop when the objective has not improved for this many steps (None: never).
+    """
+
+    distance: str = "l2"
+    optimizer: str = "lbfgs"
+    lr: float = 1.0
+    iterations: int = 300
+    restarts: int = 1
+    tv: float = 0.0
+    labels: str = "auto"
+    init: str = "randn"
+    boxed: bool = False
+    signed: bool = False
+    lr_decay: bool = False
+    layer_weights: tuple[float, ...] | None = None
+    lbfgs_inner: int = 20
+    patience: int | None = None
+
+
+class _BestIterates:
+    """Keeps, per restart, the iterate with the lowest objective seen so far."""
+
+    def __init__(self, restarts: int):
+        self.objective = torch.full((restarts,), float("inf"))
+        self.distance = torch.full((restarts,), float("inf"))
+        self.images: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def update(
+        self,
+        objective: torch.Tensor,
+        distance: torch.Tensor,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> None:
+        objective = torch.where(torch.isfinite(objective), objective, torch.inf)
+        better = objective < self.objective
+        if self.images is None:
+            self.images = images.detach().clone()
+            self.labels = labels.detach().clone()
+        if better.any():
+            self.objective = torch.where(better, objective, self.objective)
+            self.distance = torch.where(better, distance.detach(), self.distance)
+            self.images[better] = images.detach()[better]
+            self.labels[better] = labels.detach()[better]
+
+    def best_restart(self) -> int:
+        return int(torch.nan_to_num(self.distance, nan=torch.inf).argmin())
+
+
+class GradientMatchingAttack(Attack):
+    """Optimization-based gradient inversion from shared parts (see module docstring)."""
+
+    name = "gradient_matching"
+    defaults = MatchingSettings()
+
+    def reconstruct(
+        self,
+        observation: Observation,
+        model: ImageClassifier,
+        batch_size: int,
+        settings: MatchingSettings,
+        generator: torch.Generator,
+        callback: ProgressCallback | None,
+    ) -> Reconstruction:
+        if settings.optimizer not in OPTIMIZERS:
+            raise GradleakError(
+                f"unknown optimizer {settings.optimizer!r}; choose one of {OPTIMIZERS}"
+            )
+        restarts, iterations = settings.restarts, settings.iterations
+        strategy = resolve_strategy(settings.labels, observation)
+        simulator = ClientSimulator(model)
+        distance = GradientDistance(
+            settings.distance,
+            [observation.gradients[n] for n in simulator.names],
+            settings.layer_weights,
+        )
+        pixels = Pixels(
+            (restarts, batch_size, *model.input_shape),
+            init=settings.init,
+            boxed=settings.boxed,
+            generator=generator,
+        )
+        variables = pixels.parameters()
+        if strategy == "joint":
+            num_classes = model.config["num_classes"]
+            label_logits = torch.randn(restarts, batch_size, num_classes, generator=generator)
+            label_logits.requires_grad_(True)
+            variables = [*variables, label_logits]
+        else:
+            label_logits = None
+            labels = fixed_labels(strategy, observation, model).expand(restarts, batch_size)
+
+        best = _BestIterates(restarts)
+        frames: list[torch.Tensor] = []
+        history: list[float] = []
+
+        def objective() -> torch.Tensor:
+            images = pixels.images()
+            candidate_labels = label_logits if label_logits is not None else labels
+            dist = distance(simulator.gradients(images, candidate_labels))
+            total = dist + settings.tv * total_variation(images) if settings.tv else dist
+            best.update(total, dist, images, candidate_labels)
+            return total
+
+        step = _make_step(settings, variables, objective, pixels)
+        frame_every = max(1, iterations // MAX_FRAMES)
+        stale, best_seen, done = 0, float("inf"), 0
+        for it in range(iterations):
+            value = step(it)
+            done = it + 1
+            current = float(best.distance.min())
+            history.append(current)
+            if it % frame_every == 0 or done == iterations:
+                frames.append(best.images[best.best_restart()].clamp(0, 1).clone())
+            if callback is not None:
+                callback(done, iterations, current)
+            if not torch.isfinite(value):
+                break
+            total_best = float(best.objective.min())
+            if total_best < best_seen * (1 - 1e-6):
+                best_seen, stale = total_best, 0
+            else:
+                stale += 1
+            if settings.patience is not None and stale >= settings.patience:
+                break
+
+        keep = best.best_restart()
+        if label_logits is not None:
+            final_labels = best.labels[keep].argmax(-1)
+        else:
+            final_labels = best.labels[keep].clone()
+        return Reconstruction(
+            images=best.images[keep].clamp(0, 1),
+            labels=final_labels.long(),
+            attack=self.name,
+            gradient_distance=float(best.distance[keep]),
+            restart_distances=[float(d) for d in best.distance],
+            history=history,
+            frames=frames,
+            iterations=done,
+        )
+
+
+def _make_step(settings: MatchingSettings, variables, objective, pixels: Pixels):
+    """One optimizer step as a function ``step(iteration) -> summed objective``."""
+    if settings.optimizer == "lbfgs":
+        optimizer = torch.optim.LBFGS(
+            variables,
+            lr=settings.lr,
+            max_iter=settings.lbfgs_inner,
+            history_size=100,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-12,
+            tolerance_change=1e-16,
+        )
+
+        def closure():
+            optimizer.zero_grad()
+            loss = objective().sum()
+            if torch.isfinite(loss):
+                loss.backward()
+            return loss
+
+        def lbfgs_step(_iteration: int) -> torch.Tensor:
+            loss = optimizer.step(closure)
+            pixels.project_()
+            return loss.detach()
+
+        return lbfgs_step
+
+    optimizer = torch.optim.Adam(variables, lr=settings.lr)
+    milestones = [int(settings.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    schedule = (
+        torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+        if settings.lr_decay
+        else None
+    )
+
+    def adam_step(_iteration: int) -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = objective().sum()
+        loss.backward()
+        if settings.signed:
+            for v in variables:
+                v.grad.sign_()
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        pixels.project_()
+        return loss.detach()
+
+    return adam_step

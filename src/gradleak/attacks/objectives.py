@@ -1,0 +1,64 @@
+"""Gradient distances between simulated and observed gradients, one value per restart."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from gradleak.errors import GradleakError
+
+DISTANCES = ("l2", "cosine")
+
+
+class GradientDistance:
+    """Distance between candidate gradients (R, ...) and the observed gradient, per restart.
+
+    ``l2`` is DLG's (Zhu et al. 2019, eq. 4): sum over layers of w_l * ||g_l - g*_l||^2.
+    ``cosine`` is Inverting Gradients' (Geiping et al. 2020, eq. 4) over the whole gradient
+    vector: 1 - <g, g*> / (||g|| ||g*||), with layer l's coordinates weighted by w_l.
+
+    Args:
+        kind: ``"l2"`` or ``"cosine"``.
+        target: the observed gradients, in parameter order.
+        layer_weights: optional weight per parameter tensor (default 1 for all).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        target: Sequence[torch.Tensor],
+        layer_weights: Sequence[float] | Mapping[int, float] | None = None,
+    ):
+        if kind not in DISTANCES:
+            raise GradleakError(f"unknown gradient distance {kind!r}; choose one of {DISTANCES}")
+        self.kind = kind
+        self.target = [t.detach() for t in target]
+        if layer_weights is None:
+            self.weights = [1.0] * len(self.target)
+        else:
+            self.weights = [float(w) for w in layer_weights]
+            if len(self.weights) != len(self.target):
+                raise GradleakError(
+                    f"{len(self.weights)} layer weights for {len(self.target)} gradient tensors"
+                )
+        self.target_norm = torch.sqrt(
+            sum(w * t.pow(2).sum() for w, t in zip(self.weights, self.target, strict=True))
+        )
+
+    def __call__(self, candidate: Sequence[torch.Tensor]) -> torch.Tensor:
+        if self.kind == "l2":
+            return sum(
+                w * (g - t).pow(2).flatten(1).sum(1)
+                for w, g, t in zip(self.weights, candidate, self.target, strict=True)
+            )
+        dot = sum(
+            w * (g * t).flatten(1).sum(1)
+            for w, g, t in zip(self.weights, candidate, self.target, strict=True)
+        )
+        norm = torch.sqrt(
+            sum(
+                w * g.pow(2).flatten(1).sum(1) for w, g in zip(self.weights, candidate, strict=True)
+            )
+        )
+        return 1 - dot / (norm * self.target_norm).clamp_min(1e-12)

@@ -1,0 +1,221 @@
+"""Name -> architecture registry, seeded construction and the pretrained-weights lookup.
+
+Each model module registers its builder with :func:`register`; adding a model touches one file.
+A builder takes ``num_classes, in_channels, image_size, width`` (keywords) and returns the raw
+network; :func:`build_model` seeds it, wraps it in :class:`ImageClassifier` and loads weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gradleak.errors import GradleakError
+from gradleak.models.weights import load_weights
+from gradleak.models.wrapper import ImageClassifier
+
+_PRETRAINED_DIR = Path("models", "resnet_cifar10")
+
+# Default input normalization per family, keyed by channel count: (mean, std).
+_NORMALIZATION: dict[str, dict[int, tuple[tuple[float, ...], tuple[float, ...]]]] = {
+    "cifar10": {
+        3: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        1: ((0.5,), (0.5,)),
+    },
+    # The shared He et al. ResNet weights were trained with ImageNet statistics.
+    # DLG/iDLG feed raw [0, 1] pixels to LeNet (transforms.ToTensor only): no normalization.
+    "none": {
+        3: ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+        1: ((0.0,), (1.0,)),
+    },
+    "imagenet": {
+        3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        1: ((0.5,), (0.5,)),
+    },
+}
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered architecture: its builder, default width and default normalization."""
+
+    name: str
+    builder: Builder
+    description: str
+    width: int
+    normalization: str = "cifar10"
+    pretrained: bool = False
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(
+    name: str,
+    *,
+    description: str,
+    width: int,
+    normalization: str = "cifar10",
+    pretrained: bool = False,
+) -> Callable[[Builder], Builder]:
+    """Decorator adding a builder to the registry under ``name``."""
+
+    def add(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise RuntimeError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelSpec(name, builder, description, width, normalization, pretrained)
+        return builder
+
+    return add
+
+
+def list_models() -> list[str]:
+    """Sorted names accepted by :func:`build_model`."""
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> dict:
+    """Short description and default arguments of model ``name`` (for ``gradleak list``)."""
+    spec = _spec(name)
+    mean, std = _NORMALIZATION[spec.normalization][3]
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "num_classes": 10,
+        "in_channels": 3,
+        "image_size": 32,
+        "width": spec.width,
+        "mean": list(mean),
+        "std": list(std),
+        "pretrained": spec.pretrained,
+    }
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    width: int | None = None,
+    seed: int = 0,
+    weights: str | os.PathLike | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ImageClassifier:
+    """Build model ``name`` for ``in_channels x image_size x image_size`` images in [0, 1].
+
+    The same arguments give bit-identical parameters: the builder runs on CPU under a forked
+    RNG seeded with ``seed``, so the caller's global RNG state is left untouched.
+
+    Args:
+        name: one of :func:`list_models`.
+        num_classes: number of output logits.
+        in_channels: image channels (1 or 3 have default normalizations).
+        image_size: side of the square input images.
+        width: architecture width (channels or hidden units); ``None`` for the model's default.
+        seed: seed of the random initialization.
+        weights: ``None``, a ``.safetensors`` path written by :func:`save_weights`, or
+            ``"pretrained"`` for the shared CIFAR-10 weights of resnet20/32/44/56.
+        mean, std: per-channel input normalization; ``None`` for the model's default.
+
+    Returns:
+        An :class:`ImageClassifier` in training mode; ``model.config`` rebuilds it.
+    """
+    spec = _spec(name)
+    for arg, value in (
+        ("num_classes", num_classes),
+        ("in_channels", in_channels),
+        ("image_size", image_size),
+    ):
+        _check_positive_int(arg, value)
+    width = spec.width if width is None else width
+    _check_positive_int("width", width)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise GradleakError(f"seed must be an integer, got {seed!r}")
+    mean, std = _normalization(spec, in_channels, mean, std)
+    config = {
+        "name": name,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "width": width,
+        "mean": mean,
+        "std": std,
+    }
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.default_generator.manual_seed(seed)
+        net = spec.builder(
+            num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width
+        )
+    model = ImageClassifier(net, config)
+    if isinstance(weights, str) and weights == "pretrained":
+        _check_pretrained(spec, num_classes, in_channels, width)
+        load_weights(model, _pretrained_path(name))
+    elif weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def _pretrained_path(name: str) -> Path:
+    """Path of ``models/resnet_cifar10/<name>.safetensors`` in the shared data folder
+    (``$GRADLEAK_SHARED_DATA``, else found by :func:`gradleak.data.shared_data_dir`)."""
+    from gradleak.data.shared import ENV_VAR, shared_data_dir  # lazy: gradleak.data needs PIL
+
+    relative = (_PRETRAINED_DIR / f"{name}.safetensors").as_posix()
+    root = shared_data_dir(required=False)
+    if root is not None and (root / relative).is_file():
+        return root / relative
+    searched = f"${ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR) else root
+    raise GradleakError(
+        f"pretrained weights {relative} not found (searched {searched or '../shared/data'}); "
+        f"set ${ENV_VAR} to a folder holding {relative}"
+    )
+
+
+def _spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise GradleakError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def _check_positive_int(arg: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise GradleakError(f"{arg} must be a positive integer, got {value!r}")
+
+
+def _normalization(spec: ModelSpec, in_channels: int, mean, std) -> tuple[list, list]:
+    if mean is None or std is None:
+        defaults = _NORMALIZATION[spec.normalization].get(in_channels)
+        if defaults is None:
+            raise GradleakError(
+                f"{spec.name} has no default normalization for in_channels={in_channels}; "
+                f"pass mean and std"
+            )
+        mean = defaults[0] if mean is None else mean
+        std = defaults[1] if std is None else std
+    try:
+        return [float(v) for v in mean], [float(v) for v in std]
+    except (TypeError, ValueError) as err:
+        raise GradleakError(f"mean and std must be sequences of numbers ({err})") from None
+
+
+def _check_pretrained(spec: ModelSpec, num_classes: int, in_channels: int, width: int) -> None:
+    if not spec.pretrained:
+        pretrained = [n for n in list_models() if _REGISTRY[n].pretrained]
+        raise GradleakError(
+            f"no pretrained weights for {spec.name}; available: {', '.join(pretrained)}"
+        )
+    wanted = {"num_classes": 10, "in_channels": 3, "width": spec.width}
+    given = {"num_classes": num_classes, "in_channels": in_channels, "width": width}
+    if given != wanted:
+        need = ", ".join(f"{k}={v}" for k, v in wanted.items())
+        got = ", ".join(f"{k}={v}" for k, v in given.items() if v != wanted[k])
+        raise GradleakError(f"pretrained {spec.name} weights need {need}; got {got}")

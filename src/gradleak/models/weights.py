@@ -1,0 +1,79 @@
+"""Saving and strictly loading a model's weights as safetensors files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from gradleak.errors import GradleakError
+from gradleak.models.wrapper import ImageClassifier
+
+# Buffers that files may lack: the shared pretrained ResNet files were written without them.
+_OPTIONAL_SUFFIX = "num_batches_tracked"
+
+
+def save_weights(
+    model: ImageClassifier, path: str | os.PathLike, metadata: dict | None = None
+) -> Path:
+    """Write ``model.net.state_dict()`` to ``path`` with ``{"config": json(model.config)}``.
+
+    Keys carry no ``net.`` prefix. Non-string ``metadata`` values are stored as JSON.
+    """
+    _check_model(model)
+    header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    header["config"] = json.dumps(model.config)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=header)
+    return path
+
+
+def load_weights(model: ImageClassifier, path: str | os.PathLike) -> ImageClassifier:
+    """Load a safetensors file into ``model.net`` strictly (only ``num_batches_tracked`` may be
+    missing) and return ``model``; any mismatch raises :class:`GradleakError`."""
+    _check_model(model)
+    path = Path(path)
+    if not path.is_file():
+        raise GradleakError(f"weights file {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise GradleakError(f"{path} is not a valid safetensors file ({err})") from None
+    expected = model.net.state_dict()
+    missing = [k for k in expected if k not in tensors and not k.endswith(_OPTIONAL_SUFFIX)]
+    unexpected = [k for k in tensors if k not in expected]
+    mismatched = [
+        f"{k} (file {tuple(tensors[k].shape)}, model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
+    problems = [
+        f"{what} {_first(keys)}"
+        for what, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatch", mismatched),
+        )
+        if keys
+    ]
+    if problems:
+        raise GradleakError(
+            f"{path} does not fit model {model.config.get('name')}: {'; '.join(problems)}"
+        )
+    model.net.load_state_dict(tensors, strict=False)
+    return model
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, ImageClassifier):
+        raise GradleakError(f"expected an ImageClassifier, got {type(model).__name__}")
+
+
+def _first(items: list[str], n: int = 3) -> str:
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
