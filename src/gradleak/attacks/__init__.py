@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from gradleak.attacks.base import Attack, Reconstruction
+from gradleak.attacks.base import (
+    Attack,
+    Reconstruction,
+    load_reconstruction,
+    save_reconstruction,
+)
 from gradleak.attacks.dlg import DLG
 from gradleak.attacks.idlg import IDLG
 from gradleak.attacks.inverting_gradients import InvertingGradients
@@ -37,5 +42,7 @@ __all__ = [
     "MatchingSettings",
     "Reconstruction",
     "get_attack",
+    "load_reconstruction",
+    "save_reconstruction",
     "list_attacks",
 ]

@@ -9,15 +9,20 @@ times the run. Subclasses implement :meth:`Attack.reconstruct` and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from gradleak.errors import GradleakError
 from gradleak.models import ImageClassifier
+from gradleak.report.results import json_safe
 from gradleak.threat import Observation
 
 ProgressCallback = Callable[[int, int, float], None]
@@ -130,3 +135,67 @@ def _check_budget(settings) -> None:
         value = getattr(settings, key, 1)
         if value is not None and value < 1:
             raise GradleakError(f"{key} must be at least 1, got {value}")
+
+
+RECONSTRUCTION_FORMAT = "gradleak.reconstruction/1"
+
+
+def save_reconstruction(reconstruction: Reconstruction, path: str | Path) -> Path:
+    """Write images and labels (safetensors) with settings and history (JSON header).
+
+    ``path`` gets the ``.safetensors`` suffix if it has none.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {
+        "format": RECONSTRUCTION_FORMAT,
+        "attack": reconstruction.attack,
+        "settings": reconstruction.settings,
+        "gradient_distance": reconstruction.gradient_distance,
+        "restart_distances": reconstruction.restart_distances,
+        "history": reconstruction.history,
+        "iterations": reconstruction.iterations,
+        "seconds": reconstruction.seconds,
+    }
+    tensors = {
+        "images": reconstruction.images.detach().contiguous(),
+        "labels": reconstruction.labels.detach().contiguous(),
+    }
+    if reconstruction.frames:
+        frames = torch.stack([f.detach().clamp(0, 1) for f in reconstruction.frames])
+        tensors["frames"] = frames.mul(255).round().to(torch.uint8).contiguous()
+    save_file(
+        tensors,
+        str(path),
+        metadata={"gradleak": json.dumps(json_safe(header))},
+    )
+    return path
+
+
+def load_reconstruction(path: str | Path) -> Reconstruction:
+    """Read a file written by :func:`save_reconstruction`."""
+    path = Path(path)
+    if not path.exists():
+        raise GradleakError(f"no such file: {path}")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            header = json.loads((handle.metadata() or {}).get("gradleak", "{}"))
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
+        raise GradleakError(f"{path} is not a valid safetensors file ({err})") from None
+    if header.get("format") != RECONSTRUCTION_FORMAT or "images" not in tensors:
+        raise GradleakError(f"{path} is not a gradleak reconstruction file")
+    return Reconstruction(
+        images=tensors["images"],
+        labels=tensors["labels"],
+        attack=header["attack"],
+        settings=header.get("settings", {}),
+        gradient_distance=header.get("gradient_distance") or float("nan"),
+        restart_distances=header.get("restart_distances", []),
+        history=header.get("history", []),
+        iterations=header.get("iterations", 0),
+        seconds=header.get("seconds", 0.0),
+        frames=list(tensors["frames"].float().div(255)) if "frames" in tensors else [],
+    )

@@ -22,5 +22,11 @@ class DLG(GradientMatchingAttack):
 
     name = "dlg"
     defaults = MatchingSettings(
-        distance="l2", optimizer="lbfgs", lr=1.0, iterations=300, labels="joint", patience=30
+        distance="l2",
+        optimizer="lbfgs",
+        lr=1.0,
+        iterations=300,
+        init="rand",
+        labels="joint",
+        patience=30,
     )

@@ -22,5 +22,11 @@ class IDLG(GradientMatchingAttack):
 
     name = "idlg"
     defaults = MatchingSettings(
-        distance="l2", optimizer="lbfgs", lr=1.0, iterations=300, labels="analytic", patience=30
+        distance="l2",
+        optimizer="lbfgs",
+        lr=1.0,
+        iterations=300,
+        init="rand",
+        labels="analytic",
+        patience=30,
     )

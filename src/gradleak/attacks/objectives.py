@@ -52,13 +52,18 @@ class GradientDistance:
                 w * (g - t).pow(2).flatten(1).sum(1)
                 for w, g, t in zip(self.weights, candidate, self.target, strict=True)
             )
-        dot = sum(
-            w * (g * t).flatten(1).sum(1)
-            for w, g, t in zip(self.weights, candidate, self.target, strict=True)
-        )
+        # 1 - cos(g, t) = ||g/|g| - t/|t|||^2 / 2, free of the cancellation that stalls
+        # optimizers once the distance nears float32 resolution.
         norm = torch.sqrt(
             sum(
                 w * g.pow(2).flatten(1).sum(1) for w, g in zip(self.weights, candidate, strict=True)
             )
+        ).clamp_min(1e-12)
+        return 0.5 * sum(
+            w
+            * (g / norm.view(-1, *([1] * (g.ndim - 1))) - t / self.target_norm)
+            .pow(2)
+            .flatten(1)
+            .sum(1)
+            for w, g, t in zip(self.weights, candidate, self.target, strict=True)
         )
-        return 1 - dot / (norm * self.target_norm).clamp_min(1e-12)

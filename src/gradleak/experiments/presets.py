@@ -1,0 +1,127 @@
+"""The reference write-up's experiments as presets: plain data, no logic.
+
+Each preset names a model, a data set, how private batches are formed from it, and the attack
+variants compared on every batch. :func:`gradleak.experiments.run_preset` runs one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gradleak.errors import GradleakError
+
+COMPOSITIONS = ("single", "distinct", "repeated")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One attack configuration compared inside a preset."""
+
+    name: str
+    attack: str
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An experiment: model, private data, batch formation, attack variants and budget.
+
+    Attributes:
+        data: an image spec for :func:`gradleak.data.load_images` (overridable by ``--images``).
+        n_images: how many images of ``data`` (in order; one per class when
+            ``one_per_class``) are used to form the private batches.
+        compositions: how batches are formed: ``single`` (batch size 1), ``distinct`` (all
+            labels different) or ``repeated`` (all labels equal).
+        knows_labels: whether the threat model gives the server the labels.
+    """
+
+    name: str
+    description: str
+    model: str
+    data: str
+    variants: tuple[Variant, ...]
+    image_size: int = 32
+    width: int | None = None
+    num_classes: int = 10
+    n_images: int = 20
+    one_per_class: bool = False
+    batch_size: int = 1
+    compositions: tuple[str, ...] = ("single",)
+    knows_labels: bool = True
+    bn_mode: str = "train"
+    iterations: int = 200
+    restarts: int = 1
+
+
+_L2 = Variant("l2", "dlg", {"labels": "known"})
+_COSINE = Variant("cosine", "dlg", {"labels": "known", "distance": "cosine"})
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="demo",
+            description="iDLG on LeNet: bundled photos, labels hidden from the server, batch 1",
+            model="lenet",
+            data="bundled",
+            n_images=4,
+            knows_labels=False,
+            variants=(Variant("idlg", "idlg"),),
+            iterations=100,
+        ),
+        Preset(
+            name="seed-mlp-flowers",
+            description="4-layer MLP, Flowers-17 (64x64, one per class), batch 1, known label, l2",
+            model="mlp4",
+            data="flowers17",
+            image_size=64,
+            num_classes=17,
+            n_images=17,
+            one_per_class=True,
+            variants=(_L2,),
+            iterations=100,
+        ),
+        Preset(
+            name="seed-lenet-cifar",
+            description="LeNet, CIFAR-10, batch 1, known label, l2 vs cosine (L-BFGS)",
+            model="lenet",
+            data="cifar10",
+            variants=(_L2, _COSINE),
+        ),
+        Preset(
+            name="seed-lenet-bs2",
+            description="LeNet, CIFAR-10, batch 2: distinct vs repeated labels, l2 vs cosine",
+            model="lenet",
+            data="cifar10",
+            batch_size=2,
+            compositions=("distinct", "repeated"),
+            variants=(_L2, _COSINE),
+        ),
+        Preset(
+            name="seed-tv-sweep",
+            description="LeNet, CIFAR-10, batch 2 (distinct labels), cosine + TV 1e-4..1e-1",
+            model="lenet",
+            data="cifar10",
+            n_images=8,
+            batch_size=2,
+            compositions=("distinct",),
+            variants=tuple(
+                Variant(f"tv={tv:g}", "dlg", {"labels": "known", "distance": "cosine", "tv": tv})
+                for tv in (1e-4, 1e-3, 1e-2, 1e-1)
+            ),
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise GradleakError(
+            f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}"
+        ) from None
+
+
+def list_presets() -> list[str]:
+    return sorted(PRESETS)

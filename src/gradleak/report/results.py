@@ -1,0 +1,132 @@
+"""``results.json``: settings, versions and one entry per case, written as the run goes.
+
+The file is rewritten atomically after every case, so a killed run loses at most the case in
+flight, and a rerun with the same settings resumes after the cases already recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import gradleak
+
+
+def environment() -> dict:
+    """Versions and machine facts recorded with every result."""
+    import scipy
+    import skimage
+
+    return {
+        "gradleak": gradleak.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "scikit-image": skimage.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def json_safe(value):
+    """Replace NaN/inf by None, recursively, so that the JSON is valid."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def summarize(cases: list[dict]) -> dict:
+    """Medians of PSNR/SSIM, mean label accuracy, total seconds over ``cases``."""
+
+    def values(key):
+        return [c[key] for c in cases if c.get(key) is not None]
+
+    psnrs, ssims, accs, secs = (
+        values("psnr"),
+        values("ssim"),
+        values("label_accuracy"),
+        values("seconds"),
+    )
+    return {
+        "n_cases": len(cases),
+        "psnr_median": statistics.median(psnrs) if psnrs else None,
+        "ssim_median": statistics.median(ssims) if ssims else None,
+        "label_accuracy": statistics.fmean(accs) if accs else None,
+        "seconds": sum(secs),
+        "seconds_median": statistics.median(secs) if secs else None,
+    }
+
+
+class ResultsFile:
+    """``OUT/results.json`` for one run: resumable when preset and settings are unchanged.
+
+    Args:
+        path: the JSON file.
+        preset: preset (or ``"attack"``) name.
+        settings: everything that determines the results; a file with other settings is not
+            resumed but replaced (its cases would not be comparable).
+        group_key: case field whose values get their own summary (e.g. ``"variant"``).
+    """
+
+    def __init__(self, path: str | Path, preset: str, settings: dict, group_key: str | None = None):
+        self.path = Path(path)
+        self.preset = preset
+        self.settings = json_safe(settings)
+        self.group_key = group_key
+        self.cases: list[dict] = []
+        if self.path.exists():
+            try:
+                old = json.loads(self.path.read_text())
+            except (json.JSONDecodeError, OSError):
+                old = {}
+            if old.get("preset") == preset and old.get("settings") == self.settings:
+                self.cases = list(old.get("cases", []))
+
+    def done(self, case_id: str) -> dict | None:
+        return next((c for c in self.cases if c["id"] == case_id), None)
+
+    def add(self, case: dict) -> None:
+        self.cases = [c for c in self.cases if c["id"] != case["id"]] + [case]
+        self.write()
+
+    def as_dict(self) -> dict:
+        summary = summarize(self.cases)
+        if self.group_key:
+            groups: dict[str, list[dict]] = {}
+            for case in self.cases:
+                groups.setdefault(str(case.get(self.group_key)), []).append(case)
+            summary["by_" + self.group_key] = {k: summarize(v) for k, v in groups.items()}
+        return {
+            "preset": self.preset,
+            "settings": self.settings,
+            "versions": environment(),
+            "cases": self.cases,
+            "summary": summary,
+        }
+
+    def write(self) -> Path:
+        return write_json(self.path, self.as_dict())
