@@ -31,7 +31,7 @@ class ClientSimulator:
 
     Args:
         model: the server's copy of the model with the observed weights, in the observed mode.
-        vectorize: use ``vmap`` over restarts (falls back to a loop if the model does not support it).
+        vectorize: ``vmap`` over restarts (falls back to a loop where the model does not allow it).
     """
 
     def __init__(self, model: ImageClassifier, *, vectorize: bool = True):
@@ -58,7 +58,7 @@ class ClientSimulator:
 
         Returns one tensor per parameter, each of shape (R, *param.shape), in parameter order.
         """
-        if self.vectorize:
+        if self.vectorize and len(images) > 1:
             try:
                 return vmap(self._single)(images, labels)
             except RuntimeError as err:
