@@ -163,10 +163,10 @@ def observe(
     was_training = model.training
     try:
         model.train(bn_mode == "train")
+        params = [p for _, p in model.net.named_parameters()]
         with _frozen_bn_statistics(model):
             loss = nn.functional.cross_entropy(model(images), labels)
-        params = [p for _, p in model.net.named_parameters()]
-        grads = torch.autograd.grad(loss, params)
+            grads = torch.autograd.grad(loss, params)
     finally:
         model.train(was_training)
     gradients = {

@@ -1,0 +1,28 @@
+"""Shared fixtures: the real data sets of the shared data folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from gradleak.data import load_images, shared_data_dir
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    """The shared data folder (GRADLEAK_SHARED_DATA or ../shared/data); skip when absent."""
+    path = shared_data_dir(required=False)
+    if path is None:
+        pytest.skip("shared data folder not found (set GRADLEAK_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10(shared_dir):
+    """The 20 lossless CIFAR-10 test images, 32x32 RGB."""
+    return load_images(shared_dir / "cifar10" / "test_first20_lossless.npz", size=32)
+
+
+@pytest.fixture(scope="session")
+def flowers(shared_dir):
+    """Flowers-17 at 64x64, the first image of each class."""
+    return load_images("flowers17", size=64).select(distinct_labels=True)
