@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from gradleak.data import load_images, shared_data_dir
 
@@ -26,3 +27,13 @@ def cifar10(shared_dir):
 def flowers(shared_dir):
     """Flowers-17 at 64x64, the first image of each class."""
     return load_images("flowers17", size=64).select(distinct_labels=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """The test tensors are tiny: extra threads only add overhead, and OpenMP threads that spin
+    on a busy machine make each op up to 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

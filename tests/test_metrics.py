@@ -13,15 +13,6 @@ from gradleak.metrics import label_accuracy, match_images, mse, psnr, score_batc
 SHARED = shared_data_dir(required=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny CPU ops are far slower with several OpenMP threads on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bundled():
     return load_images("bundled", size=32)

@@ -39,16 +39,6 @@ PRETRAINED = ["resnet20", "resnet32", "resnet44", "resnet56"]
 SMALL = {"convnet": 8, "resnet18": 8, "mlp4": 32}
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: extra threads only add overhead, and OpenMP threads that spin
-    on a busy machine make each op up to 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _shared_data() -> Path:
     root = os.environ.get("GRADLEAK_SHARED_DATA")
     if root:

@@ -288,18 +288,17 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except GradleakError as err:
-        err_console.print(f"[red]error:[/] {err}", highlight=False)
+        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; results written so far are kept (rerun to resume)")
         sys.exit(130)
-    except Exception as err:  # click's usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
+    except Exception as err:
+        # Usage errors of typer's bundled click: they know how to show themselves.
+        if callable(getattr(err, "show", None)) and hasattr(err, "exit_code"):
             err.show()
             sys.exit(2)
-        if isinstance(err, click.exceptions.Abort):
+        if type(err).__name__ == "Abort":
             sys.exit(130)
         raise
 

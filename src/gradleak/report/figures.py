@@ -54,5 +54,7 @@ def save_gif(
     if not pictures:
         raise ValueError("no frames to write")
     durations = [int(seconds_per_frame * 1000)] * (len(pictures) - 1) + [1500]
+    if len(pictures) == 1:
+        durations = durations[0]
     iio.imwrite(path, np.stack(pictures), extension=".gif", duration=durations, loop=0)
     return path

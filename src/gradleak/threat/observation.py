@@ -100,6 +100,9 @@ class Observation:
         if self.bn_mode not in BN_MODES:
             raise GradleakError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
         model = model if model is not None else self.build_model()
+        for name, w in self.weights.items():
+            if w.is_floating_point() and not torch.isfinite(w).all():
+                raise GradleakError(f"observed weight '{name}' contains NaN or inf values")
         expected = {name: tuple(p.shape) for name, p in model.net.named_parameters()}
         got = {name: tuple(g.shape) for name, g in self.gradients.items()}
         missing = [n for n in expected if n not in got]
@@ -116,13 +119,18 @@ class Observation:
                     f"'{self.model_config.get('name')}' expects {list(shape)}"
                 )
         for name, g in self.gradients.items():
+            if not g.is_floating_point():
+                raise GradleakError(f"observed gradient '{name}' is not a float tensor ({g.dtype})")
             if not torch.isfinite(g).all():
                 raise GradleakError(f"observed gradient '{name}' contains NaN or inf values")
         if self.batch_size < 1:
             raise GradleakError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.labels is not None and len(self.labels) != self.batch_size:
+        if self.labels is not None and (
+            self.labels.shape != (self.batch_size,) or self.labels.dtype != torch.int64
+        ):
             raise GradleakError(
-                f"observation has {len(self.labels)} labels for batch size {self.batch_size}"
+                f"observation labels must be {self.batch_size} int64 values, got shape "
+                f"{list(self.labels.shape)} and dtype {self.labels.dtype}"
             )
 
 
@@ -153,7 +161,12 @@ def observe(
             f"images of shape {list(images.shape[1:])} do not fit model "
             f"'{model.config['name']}' which takes {list(expected)}"
         )
-    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if len(images) == 0:
+        raise GradleakError("the batch is empty: a client step needs at least one image")
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.is_complex():
+        raise GradleakError(f"labels must be integers, got dtype {labels.dtype}")
+    labels = labels.long().reshape(-1)
     if len(labels) != len(images):
         raise GradleakError(f"{len(labels)} labels for {len(images)} images")
     num_classes = model.config["num_classes"]
@@ -282,10 +295,12 @@ def load_observation(path: str | Path, *, with_truth: bool = True) -> Observatio
         raise GradleakError(f"{path}: malformed observation header ({err})") from None
     if observation.kind != "gradient":
         raise GradleakError(f"{path}: observation kind {observation.kind!r} is not supported")
+    if not isinstance(observation.model_config, dict):
+        raise GradleakError(f"{path}: malformed observation header (model_config is not a dict)")
     try:
         model = observation.build_model()
-    except GradleakError as err:
-        raise GradleakError(f"{path}: {err}") from None
+    except (GradleakError, TypeError, ValueError) as err:
+        raise GradleakError(f"{path}: cannot rebuild the model it names ({err})") from None
     try:
         observation.validate(model)
     except GradleakError as err:
@@ -293,6 +308,8 @@ def load_observation(path: str | Path, *, with_truth: bool = True) -> Observatio
     truth_file = truth_path(path)
     if with_truth and truth_file.exists():
         truth_tensors, truth_header = _read_safetensors(truth_file, TRUTH_FORMAT)
+        if "images" not in truth_tensors or "labels" not in truth_tensors:
+            raise GradleakError(f"{truth_file}: ground-truth file lacks images or labels")
         observation.truth = GroundTruth(
             truth_tensors["images"], truth_tensors["labels"], list(truth_header.get("ids", []))
         )
@@ -316,6 +333,8 @@ def _read_safetensors(path: Path, expected_format: str) -> tuple[dict[str, torch
         header = json.loads(raw)
     except json.JSONDecodeError:
         raise GradleakError(f"{path}: corrupt JSON header") from None
+    if not isinstance(header, dict):
+        raise GradleakError(f"{path}: corrupt JSON header (not an object)")
     if header.get("format") != expected_format:
         raise GradleakError(
             f"{path}: expected a {expected_format} file, found {header.get('format')!r}"
