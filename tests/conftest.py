@@ -37,3 +37,9 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    """The real photos bundled with scikit-image at 32x32 (8 images, labels 0..7)."""
+    return load_images("bundled", size=32)

@@ -176,7 +176,9 @@ def test_gradients_that_do_not_fit_the_model_exit_2(monkeypatch, capsys, tmp_pat
     assert code == 2
     text = one_error_line(err)
     assert "misfit.safetensors" in text
-    assert re.search(r"gradient '[\w.]+' has shape \[6(, \d+)*\] but model 'lenet' expects", text)
+    assert re.search(
+        r"do not fit model 'lenet': '[\w.]+' has shape \[6(, \d+)*\], the model expects", text
+    )
     assert not (tmp_path / "att" / "results.json").exists()
 
 

@@ -13,18 +13,6 @@ from gradleak.metrics import label_accuracy, match_images, mse, psnr, score_batc
 SHARED = shared_data_dir(required=False)
 
 
-@pytest.fixture(scope="module")
-def bundled():
-    return load_images("bundled", size=32)
-
-
-@pytest.fixture(scope="module")
-def cifar():
-    if SHARED is None:
-        pytest.skip("shared data folder not found (set GRADLEAK_SHARED_DATA)")
-    return load_images("cifar10", n=20)
-
-
 def signed_noise(shape, amplitude: float, seed: int = 0) -> torch.Tensor:
     """+-amplitude at every pixel: the squared error is exactly amplitude**2 everywhere."""
     generator = torch.Generator().manual_seed(seed)
@@ -41,8 +29,8 @@ def test_psnr_of_identical_images_is_the_cap(bundled):
     assert torch.all(mse(bundled.images, bundled.images) == 0)
 
 
-def test_psnr_of_known_noise_matches_formula(cifar):
-    truth = cifar.images[:10].double()
+def test_psnr_of_known_noise_matches_formula(cifar10):
+    truth = cifar10.images[:10].double()
     amplitudes = torch.linspace(0.01, 0.2, len(truth), dtype=torch.float64)
     noise = torch.stack(
         [signed_noise(truth.shape[1:], float(a), seed=i) for i, a in enumerate(amplitudes)]
@@ -67,14 +55,14 @@ def test_psnr_rejects_mismatched_shapes(bundled):
 
 
 # ---------------------------------------------------------------------- SSIM
-def test_ssim_of_identical_images_is_one(cifar):
-    values = ssim(cifar.images, cifar.images.clone())
-    assert values.shape == (len(cifar),)
-    torch.testing.assert_close(values, torch.ones(len(cifar)), rtol=0, atol=1e-6)
+def test_ssim_of_identical_images_is_one(cifar10):
+    values = ssim(cifar10.images, cifar10.images.clone())
+    assert values.shape == (len(cifar10),)
+    torch.testing.assert_close(values, torch.ones(len(cifar10)), rtol=0, atol=1e-6)
 
 
-def test_ssim_drops_with_noise(cifar):
-    truth = cifar.images[:6]
+def test_ssim_drops_with_noise(cifar10):
+    truth = cifar10.images[:6]
     scores = [
         ssim((truth + signed_noise(truth.shape, a, seed=1)).clamp(0, 1), truth)
         for a in (0.02, 0.1, 0.3)
@@ -84,7 +72,7 @@ def test_ssim_drops_with_noise(cifar):
     assert torch.all(scores[0] < 0.999)
     assert torch.all(scores[-1] < 0.6)
     # an unrelated image scores far below a lightly noised copy
-    other = ssim(cifar.images[6:12], truth)
+    other = ssim(cifar10.images[6:12], truth)
     assert torch.all(other < scores[0])
 
 
@@ -96,8 +84,8 @@ def test_ssim_handles_images_smaller_than_the_window(bundled):
 
 
 # ---------------------------------------------------------------------- matching and labels
-def test_match_images_recovers_a_permutation_of_real_images(cifar):
-    truth = cifar.images
+def test_match_images_recovers_a_permutation_of_real_images(cifar10):
+    truth = cifar10.images
     perm = torch.randperm(len(truth), generator=torch.Generator().manual_seed(3))
     assert not torch.equal(perm, torch.arange(len(truth)))
     reconstruction = truth[perm]
@@ -133,8 +121,8 @@ def test_label_accuracy_counts_a_multiset(predicted, truth, expected):
     assert label_accuracy(predicted, truth) == pytest.approx(expected)
 
 
-def test_score_batch_on_a_permuted_batch_is_perfect(cifar):
-    truth, labels = cifar.images[:12], cifar.labels[:12]
+def test_score_batch_on_a_permuted_batch_is_perfect(cifar10):
+    truth, labels = cifar10.images[:12], cifar10.labels[:12]
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(5))
 
     score = score_batch(truth[perm], truth, labels[perm], labels)
@@ -152,8 +140,8 @@ def test_score_batch_on_a_permuted_batch_is_perfect(cifar):
     assert len(summary["psnr_per_image"]) == len(summary["ssim_per_image"]) == 12
 
 
-def test_score_batch_scores_each_truth_against_its_match(cifar):
-    truth, labels = cifar.images[:6], cifar.labels[:6]
+def test_score_batch_scores_each_truth_against_its_match(cifar10):
+    truth, labels = cifar10.images[:6], cifar10.labels[:6]
     perm = torch.tensor([5, 4, 3, 2, 1, 0])
     noise = torch.stack([signed_noise(truth.shape[1:], 0.01 * (i + 1), seed=i) for i in range(6)])
     noisy = truth + noise  # truth i gets amplitude 0.01 * (i + 1)

@@ -21,20 +21,6 @@ SHARED = shared_data_dir(required=False)
 
 
 # ---------------------------------------------------------------------- fixtures and helpers
-@pytest.fixture(scope="module")
-def bundled():
-    """The bundled real photos at 32x32 (8 images, labels 0..7)."""
-    return load_images("bundled", size=32)
-
-
-@pytest.fixture(scope="module")
-def cifar():
-    """The first 20 CIFAR-10 test images (lossless) from the shared data folder."""
-    if SHARED is None:
-        pytest.skip("shared data folder not found (set GRADLEAK_SHARED_DATA)")
-    return load_images("cifar10", n=20)
-
-
 def reference_gradients(model, images, labels, bn_mode):
     """Plain autograd: gradient of the mean cross-entropy, on a copy (buffers may change)."""
     ref = copy.deepcopy(model)
@@ -116,18 +102,18 @@ def test_observe_gradient_is_the_batch_average(bundled):
         assert not torch.equal(singles[0].gradients[name], singles[1].gradients[name])
 
 
-def test_observe_gradient_is_autograd_on_cifar10_lenet(cifar):
+def test_observe_gradient_is_autograd_on_cifar10_lenet(cifar10):
     model = build_model("lenet", seed=1)
-    expected, _ = reference_gradients(model, cifar.images, cifar.labels, "train")
-    obs = observe(model, cifar.images, cifar.labels)
+    expected, _ = reference_gradients(model, cifar10.images, cifar10.labels, "train")
+    obs = observe(model, cifar10.images, cifar10.labels)
     for name, grad in expected.items():
         assert torch.equal(obs.gradients[name], grad), name
 
 
 @pytest.mark.parametrize("bn_mode", ["train", "eval"])
-def test_observe_gradient_is_autograd_on_cifar10_resnet20(cifar, bn_mode):
+def test_observe_gradient_is_autograd_on_cifar10_resnet20(cifar10, bn_mode):
     model = build_model("resnet20", seed=7)
-    images, labels = cifar.images[:8], cifar.labels[:8]
+    images, labels = cifar10.images[:8], cifar10.labels[:8]
     expected, loss = reference_gradients(model, images, labels, bn_mode)
     other, _ = reference_gradients(model, images, labels, "eval" if bn_mode == "train" else "train")
 
@@ -142,9 +128,9 @@ def test_observe_gradient_is_autograd_on_cifar10_resnet20(cifar, bn_mode):
 
 
 @pytest.mark.parametrize("model_name", ["lenet", "resnet20"])
-def test_observe_records_pre_step_weights(cifar, model_name):
+def test_observe_records_pre_step_weights(cifar10, model_name):
     model = build_model(model_name, seed=3)
-    images, labels = cifar.images[:4], cifar.labels[:4]
+    images, labels = cifar10.images[:4], cifar10.labels[:4]
     before = state_snapshot(model)
 
     obs = observe(model, images, labels, bn_mode="train")
@@ -165,9 +151,9 @@ def test_observe_records_pre_step_weights(cifar, model_name):
     assert_tensor_dicts_equal(again.gradients, obs.gradients)
 
 
-def test_observe_leaves_batchnorm_statistics_and_mode_unchanged(cifar):
+def test_observe_leaves_batchnorm_statistics_and_mode_unchanged(cifar10):
     model = build_model("resnet20", seed=5).eval()
-    images, labels = cifar.images[:8], cifar.labels[:8]
+    images, labels = cifar10.images[:8], cifar10.labels[:8]
     buffers = {k: v.clone() for k, v in model.net.named_buffers()}
     assert any(k.endswith("running_mean") for k in buffers)
     # sanity: a plain train-mode forward pass does move the running statistics
@@ -251,10 +237,10 @@ def _lenet_observed(bundled) -> Observation:
     return obs
 
 
-def _resnet20_manual(cifar) -> Observation:
+def _resnet20_manual(cifar10) -> Observation:
     """A BatchNorm observation built by hand (weights include int64 num_batches_tracked)."""
     model = build_model("resnet20", seed=11)
-    images, labels = cifar.images[:2], cifar.labels[:2]
+    images, labels = cifar10.images[:2], cifar10.labels[:2]
     grads, loss = reference_gradients(model, images, labels, "train")
     return Observation(
         model_config=dict(model.config),
@@ -264,7 +250,7 @@ def _resnet20_manual(cifar) -> Observation:
         labels=labels.clone(),
         bn_mode="train",
         loss=loss,
-        truth=GroundTruth(images.clone(), labels.clone(), cifar.ids[:2]),
+        truth=GroundTruth(images.clone(), labels.clone(), cifar10.ids[:2]),
     )
 
 
@@ -273,7 +259,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, request, which):
     if which == "lenet-observed":
         obs = _lenet_observed(request.getfixturevalue("bundled"))
     else:
-        obs = _resnet20_manual(request.getfixturevalue("cifar"))
+        obs = _resnet20_manual(request.getfixturevalue("cifar10"))
     path = save_observation(obs, tmp_path / "sub" / "obs.safetensors")
 
     loaded = load_observation(path)
@@ -360,14 +346,17 @@ def _labels(t):
     [
         (
             _wrong_shape,
-            r"gradient 'fc.weight' has shape \[10, 100\] but model 'lenet' expects "
+            r"do not fit model 'lenet': 'fc.weight' has shape \[10, 100\], the model expects "
             r"\[10, 768\]",
         ),
         (_missing, r"do not fit model 'lenet': missing 'fc.bias', unexpected none"),
         (_unexpected, r"missing none, unexpected 'extra.weight'"),
         (_nan, r"gradient 'body.0.weight' contains NaN"),
         (_inf, r"gradient 'fc.bias' contains NaN or inf"),
-        (_weight_shape, r"weight 'body.2.weight' has shape \[12, 12, 3, 3\]"),
+        (
+            _weight_shape,
+            r"weights do not fit the model: 'body.2.weight' has shape \[12, 12, 3, 3\]",
+        ),
         (_labels, r"labels must be 2 int64 values, got shape \[3\]"),
     ],
     ids=["wrong-shape", "missing-key", "unexpected-key", "nan", "inf", "weight-shape", "labels"],

@@ -103,21 +103,11 @@ class Observation:
         for name, w in self.weights.items():
             if w.is_floating_point() and not torch.isfinite(w).all():
                 raise GradleakError(f"observed weight '{name}' contains NaN or inf values")
-        expected = {name: tuple(p.shape) for name, p in model.net.named_parameters()}
-        got = {name: tuple(g.shape) for name, g in self.gradients.items()}
-        missing = [n for n in expected if n not in got]
-        extra = [n for n in got if n not in expected]
-        if missing or extra:
-            raise GradleakError(
-                f"observed gradients do not fit model '{self.model_config.get('name')}': "
-                f"missing {_few(missing)}, unexpected {_few(extra)}"
-            )
-        for name, shape in expected.items():
-            if got[name] != shape:
-                raise GradleakError(
-                    f"observed gradient '{name}' has shape {list(got[name])} but model "
-                    f"'{self.model_config.get('name')}' expects {list(shape)}"
-                )
+        _check_fit(
+            f"observed gradients do not fit model '{self.model_config.get('name')}'",
+            expected={name: tuple(p.shape) for name, p in model.net.named_parameters()},
+            got={name: tuple(g.shape) for name, g in self.gradients.items()},
+        )
         for name, g in self.gradients.items():
             if not g.is_floating_point():
                 raise GradleakError(f"observed gradient '{name}' is not a float tensor ({g.dtype})")
@@ -299,7 +289,9 @@ def load_observation(path: str | Path, *, with_truth: bool = True) -> Observatio
         raise GradleakError(f"{path}: malformed observation header (model_config is not a dict)")
     try:
         model = observation.build_model()
-    except (GradleakError, TypeError, ValueError) as err:
+    except GradleakError as err:
+        raise GradleakError(f"{path}: {err}") from None
+    except (TypeError, ValueError) as err:
         raise GradleakError(f"{path}: cannot rebuild the model it names ({err})") from None
     try:
         observation.validate(model)
@@ -344,20 +336,31 @@ def _read_safetensors(path: Path, expected_format: str) -> tuple[dict[str, torch
 
 def _load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
     own = net.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    extra = [k for k in state if k not in own]
-    if missing or extra:
-        raise GradleakError(
-            f"observed weights do not fit the model: missing {_few(missing)}, "
-            f"unexpected {_few(extra)}"
-        )
-    for k, v in state.items():
-        if tuple(own[k].shape) != tuple(v.shape):
-            raise GradleakError(
-                f"observed weight '{k}' has shape {list(v.shape)}, model expects "
-                f"{list(own[k].shape)}"
-            )
+    _check_fit(
+        "observed weights do not fit the model",
+        expected={k: tuple(v.shape) for k, v in own.items()},
+        got={k: tuple(v.shape) for k, v in state.items()},
+        optional=("num_batches_tracked",),
+    )
     net.load_state_dict(state, strict=False)
+
+
+def _check_fit(
+    problem: str,
+    expected: dict[str, tuple],
+    got: dict[str, tuple],
+    optional: tuple[str, ...] = (),
+) -> None:
+    """Raise GradleakError naming missing, unexpected or mis-shaped tensors."""
+    missing = [k for k in expected if k not in got and not k.endswith(optional)]
+    extra = [k for k in got if k not in expected]
+    if missing or extra:
+        raise GradleakError(f"{problem}: missing {_few(missing)}, unexpected {_few(extra)}")
+    for name, shape in expected.items():
+        if name in got and got[name] != shape:
+            raise GradleakError(
+                f"{problem}: '{name}' has shape {list(got[name])}, the model expects {list(shape)}"
+            )
 
 
 def _few(names: list[str], limit: int = 3) -> str:
