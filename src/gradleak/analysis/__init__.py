@@ -1,0 +1,1 @@
+"""Analyses of an observation: label and batch-size recovery, per-layer information discard."""
