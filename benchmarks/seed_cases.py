@@ -51,9 +51,13 @@ def main() -> None:
         }
         for variant in results["summary"]["by_variant"]:
             cases = [c for c in results["cases"] if c["variant"] == variant]
-            for composition in dict.fromkeys(c["composition"] for c in cases):
-                part = [c for c in cases if c["composition"] == composition]
-                rows.append(_row(name, variant, composition, part))
+            for size, composition in dict.fromkeys(
+                (len(c["images"]), c["composition"]) for c in cases
+            ):
+                part = [
+                    c for c in cases if (len(c["images"]), c["composition"]) == (size, composition)
+                ]
+                rows.append(_row(name, variant, f"{composition}, B={size}", part))
         write_json(args.out / "seed_cases.json", report)
         (args.out / "seed_cases.md").write_text(_markdown(rows, report))
         print(json.dumps({name: report["presets"][name]["summary"]}, indent=1))

@@ -30,8 +30,9 @@ class Preset:
         data: an image spec for :func:`gradleak.data.load_images` (overridable by ``--images``).
         n_images: how many images of ``data`` (in order; one per class when
             ``one_per_class``) are used to form the private batches.
-        compositions: how batches are formed: ``single`` (batch size 1), ``distinct`` (all
-            labels different) or ``repeated`` (all labels equal).
+        batches: (batch size, composition) pairs; the composition says how batches are formed:
+            ``single`` (batch size 1), ``distinct`` (all labels different) or ``repeated`` (all
+            labels equal).
         knows_labels: whether the threat model gives the server the labels.
     """
 
@@ -45,8 +46,7 @@ class Preset:
     num_classes: int = 10
     n_images: int = 20
     one_per_class: bool = False
-    batch_size: int = 1
-    compositions: tuple[str, ...] = ("single",)
+    batches: tuple[tuple[int, str], ...] = ((1, "single"),)
     knows_labels: bool = True
     bn_mode: str = "train"
     iterations: int = 200
@@ -93,8 +93,7 @@ PRESETS: dict[str, Preset] = {
             description="LeNet, CIFAR-10, batch 2: distinct vs repeated labels, l2 vs cosine",
             model="lenet",
             data="cifar10",
-            batch_size=2,
-            compositions=("distinct", "repeated"),
+            batches=((2, "distinct"), (2, "repeated")),
             variants=(_L2, _COSINE),
         ),
         Preset(
@@ -103,8 +102,7 @@ PRESETS: dict[str, Preset] = {
             model="lenet",
             data="cifar10",
             n_images=8,
-            batch_size=2,
-            compositions=("distinct",),
+            batches=((2, "distinct"),),
             variants=tuple(
                 Variant(f"tv={tv:g}", "dlg", {"labels": "known", "distance": "cosine", "tv": tv})
                 for tv in (1e-4, 1e-3, 1e-2, 1e-1)

@@ -163,8 +163,10 @@ def run_preset(
         width=preset.width,
         seed=seed,
     )
-    for composition in preset.compositions:
-        for batch in make_batches(pool, preset.batch_size, composition):
+    for batch_size, composition in preset.batches:
+        repeated_composition = [c for _, c in preset.batches].count(composition) > 1
+        group = f"{composition}{batch_size}" if repeated_composition else composition
+        for batch in make_batches(pool, batch_size, composition):
             ids = [pool.ids[i] for i in batch]
             observation = observe(
                 model,
@@ -176,7 +178,7 @@ def run_preset(
                 metadata={"source": pool.source},
             )
             for variant in preset.variants:
-                case_id = f"{composition}/{'+'.join(_safe(i) for i in ids)}/{variant.name}"
+                case_id = f"{group}/{'+'.join(_safe(i) for i in ids)}/{variant.name}"
                 if results.done(case_id) is not None:
                     continue
                 callback = progress(case_id, iterations) if progress else None
@@ -195,6 +197,7 @@ def run_preset(
                     "id": case_id,
                     "variant": variant.name,
                     "composition": composition,
+                    "batch_size": batch_size,
                     "images": ids,
                     **case,
                     "wall_seconds": time.perf_counter() - start,
