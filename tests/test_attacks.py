@@ -52,7 +52,16 @@ def test_idlg_label_needs_batch_size_one(cifar10):
     model = build_model("lenet", seed=0)
     obs = observe(model, cifar10.images[:2], cifar10.labels[:2], knows_labels=False)
     with pytest.raises(GradleakError, match="batch size 1"):
-        IDLG()(obs, iterations=1)
+        idlg_label(obs.attacker_view(), obs.build_model())
+
+
+def test_analytic_labels_for_a_batch_use_count_recovery(cifar10):
+    """Hidden labels at batch size 4 (one repeated): the analytic strategy recovers them all."""
+    model = build_model("lenet", seed=0)
+    index = [1, 2, 0, 3]  # labels 8, 8, 3, 0
+    obs = observe(model, cifar10.images[index], cifar10.labels[index], knows_labels=False)
+    rec = IDLG()(obs, iterations=1)
+    assert sorted(rec.labels.tolist()) == sorted(cifar10.labels[index].tolist())
 
 
 def test_known_labels_refused_when_hidden(cifar10):

@@ -26,6 +26,7 @@ from gradleak.models.registry import _pretrained_path
 
 ALL = [
     "convnet",
+    "fc_relu",
     "lenet",
     "mlp4",
     "resnet18",
@@ -130,7 +131,7 @@ def test_forward_shape_and_config(name, shape):
     assert model.mean.shape == model.std.shape == (1, channels, 1, 1)
     assert "mean" not in model.state_dict()
     assert model(torch.rand(2, channels, size, size)).shape == (2, 7)
-    assert model.has_batchnorm() == (name not in ("mlp4", "lenet"))
+    assert model.has_batchnorm() == (name not in ("mlp4", "lenet", "fc_relu", "rgap_cnn"))
 
 
 def test_layer_names():

@@ -13,8 +13,8 @@ from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
 class InvertingGradients(GradientMatchingAttack):
     """Inverting Gradients: cosine distance + TV, signed Adam (lr 0.1) with step decay, boxed.
 
-    Labels default to ``auto``: known if the threat model allows, iDLG's analytic label at batch
-    size 1, joint optimization otherwise.
+    Labels default to ``auto``: known if the threat model allows, else recovered analytically
+    (iDLG at batch size 1, count-aware batch label recovery otherwise).
 
     Shape:
         observation of B images (C, H, W) -> images (B, C, H, W), labels (B,).

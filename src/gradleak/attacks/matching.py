@@ -139,7 +139,8 @@ class GradientMatchingAttack(Attack):
             variables = [*variables, label_logits]
         else:
             label_logits = None
-            labels = fixed_labels(strategy, observation, model).expand(restarts, batch_size)
+            labels = fixed_labels(strategy, observation, model, batch_size)
+            labels = labels.expand(restarts, batch_size)
 
         best = _BestIterates(restarts)
         frames: list[torch.Tensor] = []

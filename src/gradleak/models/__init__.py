@@ -5,7 +5,14 @@
 """
 
 # Importing the model modules registers them.
-from gradleak.models import convnet, lenet, mlp, resnet, resnet_cifar  # noqa: F401
+from gradleak.models import (  # noqa: F401
+    convnet,
+    fc,
+    lenet,
+    mlp,
+    resnet,
+    resnet_cifar,
+)
 from gradleak.models.registry import build_model, list_models, model_info
 from gradleak.models.weights import load_weights, save_weights
 from gradleak.models.wrapper import ImageClassifier
