@@ -79,9 +79,8 @@ def _run(name: str, out: Path, **kwargs) -> dict:
     with _progress() as factory:
         results = run_preset(preset, out, progress=factory, **kwargs)
     _print_results(results)
-    console.print(
-        f"results: {out / 'results.json'}  figures: {out / 'overview.png'}, {out / 'overview.gif'}"
-    )
+    written = [out / n for n in ("results.json", "table.md", "overview.png", "overview.gif")]
+    console.print("written: " + ", ".join(str(p) for p in written if p.exists()))
     return results
 
 
@@ -265,6 +264,50 @@ def attack(
     results.add({"id": method, "variant": method, **case})
     _print_results(results.as_dict())
     console.print(f"results: {out / 'results.json'}  figures: {out / 'grid.png'}")
+
+
+@app.command()
+def analyze(
+    observation: Path = typer.Argument(..., help="Observation file from `gradleak observe`."),
+    json_file: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
+) -> None:
+    """What an observation gives away: batch size, labels, per-layer rank, applicable attacks."""
+    from gradleak.analysis.report import analyze as analyze_observation
+    from gradleak.report import write_json
+    from gradleak.threat import load_observation
+
+    report = analyze_observation(load_observation(observation))
+    known = report["batch_size_known"]
+    console.print(
+        f"[bold]{observation}[/] (model {report['model']})\n"
+        f"batch size: estimated {report['batch_size_estimate']}"
+        f"{' (exact)' if report['batch_size_estimate_exact'] else ' (best guess)'}"
+        f"{f', known {known}' if known else ', hidden from the server'}\n"
+        f"labels ({report['label_method']}): {report['labels']}"
+    )
+    table = Table(title="per-layer information discard (R-GAP rank analysis)")
+    for column in ("layer", "unknowns", "equations", "rank", "discarded", "note"):
+        table.add_column(column, justify="left" if column in ("layer", "note") else "right")
+    for row in report["layers"]:
+        table.add_row(
+            row["name"],
+            str(row["unknowns"]),
+            str(row["equations"]),
+            str(row["rank"]),
+            str(row.get("discarded", "")),
+            row.get("note", ""),
+        )
+    console.print(table)
+    table = Table(title="attacks")
+    for column in ("attack", "applies", "expected result"):
+        table.add_column(column)
+    for name, info in report["attacks"].items():
+        table.add_row(name, "yes" if info["applies"] else "no", info["expect"])
+    console.print(table)
+    if "truth_check" in report:
+        console.print(f"against the evaluation-only truth: {report['truth_check']}")
+    if json_file is not None:
+        console.print(f"report: {write_json(json_file, report)}")
 
 
 def _parse_settings(pairs: list[str]) -> dict:

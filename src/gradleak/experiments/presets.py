@@ -53,10 +53,24 @@ class Preset:
     restarts: int = 1
 
 
+@dataclass(frozen=True)
+class SweepPreset:
+    """An experiment that is not one attack per batch (e.g. a label-recovery sweep).
+
+    ``runner`` is ``"module:function"``; the function is called as
+    ``function(out, images=, n_images=, iterations=, restarts=, seed=, progress=)`` and returns
+    the results dictionary it also wrote to ``out/results.json``.
+    """
+
+    name: str
+    description: str
+    runner: str
+
+
 _L2 = Variant("l2", "dlg", {"labels": "known"})
 _COSINE = Variant("cosine", "dlg", {"labels": "known", "distance": "cosine"})
 
-PRESETS: dict[str, Preset] = {
+PRESETS: dict[str, Preset | SweepPreset] = {
     p.name: p
     for p in (
         Preset(
@@ -112,7 +126,7 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def get_preset(name: str) -> Preset:
+def get_preset(name: str) -> Preset | SweepPreset:
     try:
         return PRESETS[name]
     except KeyError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from gradleak.attacks import (
 )
 from gradleak.data import ImageSet, load_images
 from gradleak.errors import GradleakError
-from gradleak.experiments.presets import COMPOSITIONS, Preset
+from gradleak.experiments.presets import COMPOSITIONS, Preset, SweepPreset
 from gradleak.metrics import score_batch
 from gradleak.models import build_model
 from gradleak.report import ResultsFile, save_gif, save_grid
@@ -123,7 +124,7 @@ def attack_and_report(
 
 
 def run_preset(
-    preset: Preset,
+    preset: Preset | SweepPreset,
     out: str | Path,
     *,
     images: str | None = None,
@@ -140,6 +141,18 @@ def run_preset(
     Returns the results dictionary (preset, settings, versions, cases, summary).
     """
     out = Path(out)
+    if isinstance(preset, SweepPreset):
+        module, _, function = preset.runner.partition(":")
+        run = getattr(importlib.import_module(module), function)
+        return run(
+            out,
+            images=images,
+            n_images=n_images,
+            iterations=iterations,
+            restarts=restarts,
+            seed=seed,
+            progress=progress,
+        )
     iterations = iterations or preset.iterations
     restarts = restarts or preset.restarts
     n_images = n_images or preset.n_images
