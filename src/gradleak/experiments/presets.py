@@ -122,6 +122,14 @@ PRESETS: dict[str, Preset | SweepPreset] = {
                 for tv in (1e-4, 1e-3, 1e-2, 1e-1)
             ),
         ),
+        SweepPreset(
+            name="labels-sweep",
+            description=(
+                "Batch label recovery and batch-size estimation vs batch size "
+                "(untrained FC/MNIST, LeNet/CIFAR-10)"
+            ),
+            runner="gradleak.experiments.label_sweep:run_label_sweep",
+        ),
     )
 }
 
