@@ -34,6 +34,7 @@ ALL = [
     "resnet32",
     "resnet44",
     "resnet56",
+    "rgap_cnn",
 ]
 PRETRAINED = ["resnet20", "resnet32", "resnet44", "resnet56"]
 # Small widths keep the double-backward test fast; the architecture is unchanged.

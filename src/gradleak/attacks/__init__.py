@@ -8,13 +8,17 @@ from gradleak.attacks.base import (
     load_reconstruction,
     save_reconstruction,
 )
+from gradleak.attacks.bias import BiasAttack
 from gradleak.attacks.dlg import DLG
 from gradleak.attacks.idlg import IDLG
 from gradleak.attacks.inverting_gradients import InvertingGradients
 from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
+from gradleak.attacks.rgap import RGAP
 from gradleak.errors import GradleakError
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (DLG, IDLG, InvertingGradients)}
+ATTACKS: dict[str, type[Attack]] = {
+    cls.name: cls for cls in (DLG, IDLG, InvertingGradients, BiasAttack, RGAP)
+}
 
 
 def list_attacks() -> list[str]:
@@ -37,9 +41,11 @@ __all__ = [
     "DLG",
     "IDLG",
     "Attack",
+    "BiasAttack",
     "GradientMatchingAttack",
     "InvertingGradients",
     "MatchingSettings",
+    "RGAP",
     "Reconstruction",
     "get_attack",
     "load_reconstruction",

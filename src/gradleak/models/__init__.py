@@ -12,6 +12,7 @@ from gradleak.models import (  # noqa: F401
     mlp,
     resnet,
     resnet_cifar,
+    rgap_cnn,
 )
 from gradleak.models.registry import build_model, list_models, model_info
 from gradleak.models.weights import load_weights, save_weights
