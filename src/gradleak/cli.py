@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gradleak.errors import GradleakError
+from gradleak.report.results import finest_groups
 
 app = typer.Typer(
     add_completion=False,
@@ -54,8 +55,7 @@ def _print_results(results: dict) -> None:
     table = Table(title=f"{results['preset']}: {results['summary']['n_cases']} cases")
     for column in ("variant", "cases", "PSNR median", "SSIM median", "label acc.", "s / case"):
         table.add_column(column, justify="right" if column != "variant" else "left")
-    by_variant = results["summary"].get("by_variant") or {"all": results["summary"]}
-    for name, s in by_variant.items():
+    for name, s in finest_groups(results["summary"]).items():
         table.add_row(
             name,
             str(s["n_cases"]),
@@ -239,7 +239,7 @@ def attack(
             "restarts": restarts,
             "seed": seed,
         },
-        group_key="variant",
+        group_keys=("variant",),
     )
     if batch_size is not None and obs.knows_batch_size and batch_size != obs.batch_size:
         raise GradleakError(f"--batch-size {batch_size} contradicts the known {obs.batch_size}")

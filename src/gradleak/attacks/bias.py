@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gradleak.attacks.base import Attack, ProgressCallback, Reconstruction
-from gradleak.attacks.labels import idlg_label, output_layer
+from gradleak.attacks.labels import fixed_labels, resolve_strategy
 from gradleak.errors import GradleakError
 from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
@@ -162,14 +162,6 @@ class BiasAttack(Attack):
 
 
 def _labels(observation: Observation, model: ImageClassifier, batch_size: int) -> torch.Tensor:
-    if observation.labels is not None:
-        return observation.labels.clone()
-    if batch_size == 1:
-        return idlg_label(observation, model)
-    name, layer = output_layer(model)
-    if layer.bias is not None:
-        scores = observation.gradients[f"{name}.bias"]
-    else:
-        scores = observation.gradients[f"{name}.weight"].sum(1)
-    order = scores.argsort()
-    return order[torch.arange(batch_size) % len(order)].long()
+    """Known labels if the threat model allows, else recovered analytically (with counts)."""
+    strategy = resolve_strategy("auto", observation)
+    return fixed_labels(strategy, observation, model, batch_size)

@@ -143,7 +143,7 @@ def run_label_sweep(
     }
     all_setups = setups(images)
     settings["setups"] = [s.name for s in all_setups]
-    results = ResultsFile(out / "results.json", PRESET, settings, group_key="variant")
+    results = ResultsFile(out / "results.json", PRESET, settings, group_keys=("variant",))
     loaded: dict[tuple, ImageSet] = {}
     for setup in all_setups:
         cells = [

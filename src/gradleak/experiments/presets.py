@@ -34,6 +34,8 @@ class Preset:
             ``single`` (batch size 1), ``distinct`` (all labels different) or ``repeated`` (all
             labels equal).
         knows_labels: whether the threat model gives the server the labels.
+        record_inapplicable: record an attack that does not apply to a case (it raises a
+            GradleakError, e.g. R-GAP at batch size 2) as a result instead of stopping.
     """
 
     name: str
@@ -51,6 +53,7 @@ class Preset:
     bn_mode: str = "train"
     iterations: int = 200
     restarts: int = 1
+    record_inapplicable: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,18 @@ PRESETS: dict[str, Preset | SweepPreset] = {
             data="cifar10",
             batches=((2, "distinct"), (2, "repeated")),
             variants=(_L2, _COSINE),
+        ),
+        Preset(
+            name="discard-mlp",
+            description="Bias attack and R-GAP on the 4-layer MLP: exact at batch 1, lost at 2",
+            model="mlp4",
+            data="cifar10",
+            n_images=8,
+            knows_labels=False,
+            batches=((1, "single"), (2, "distinct"), (2, "repeated")),
+            variants=(Variant("bias", "bias"), Variant("rgap", "rgap")),
+            iterations=1,
+            record_inapplicable=True,
         ),
         Preset(
             name="seed-tv-sweep",

@@ -22,6 +22,7 @@ from gradleak.experiments.presets import COMPOSITIONS, Preset, SweepPreset
 from gradleak.metrics import score_batch
 from gradleak.models import build_model
 from gradleak.report import ResultsFile, save_gif, save_grid
+from gradleak.report.results import finest_groups
 from gradleak.threat import Observation, observe
 
 ProgressFactory = Callable[[str, int], Callable[[int, int, float], None]]
@@ -165,7 +166,9 @@ def run_preset(
         "restarts": restarts,
         "seed": seed,
     }
-    results = ResultsFile(out / "results.json", preset.name, settings, group_key="variant")
+    results = ResultsFile(
+        out / "results.json", preset.name, settings, group_keys=("variant", "group")
+    )
     pool = load_images(data_spec, size=preset.image_size)
     pool = pool.select(n_images, distinct_labels=preset.one_per_class)
     num_classes = max(preset.num_classes, len(pool.class_names))
@@ -196,21 +199,31 @@ def run_preset(
                     continue
                 callback = progress(case_id, iterations) if progress else None
                 start = time.perf_counter()
-                _, case = attack_and_report(
-                    observation,
-                    variant.attack,
-                    variant.settings,
-                    out=out / "cases" / case_id.replace("/", "__"),
-                    iterations=iterations,
-                    restarts=restarts,
-                    seed=seed,
-                    callback=callback,
-                )
+                try:
+                    _, case = attack_and_report(
+                        observation,
+                        variant.attack,
+                        variant.settings,
+                        out=out / "cases" / case_id.replace("/", "__"),
+                        iterations=iterations,
+                        restarts=restarts,
+                        seed=seed,
+                        callback=callback,
+                    )
+                except GradleakError as err:
+                    if not preset.record_inapplicable:
+                        raise
+                    # The attack does not apply to this case (e.g. R-GAP at batch size 2): that
+                    # is a result of the experiment, recorded instead of a reconstruction.
+                    case = {"attack": variant.attack, "psnr": None, "ssim": None, "error": str(err)}
                 case = {
                     "id": case_id,
                     "variant": variant.name,
                     "composition": composition,
                     "batch_size": batch_size,
+                    "group": variant.name
+                    if len(preset.batches) == 1
+                    else f"{variant.name}, {composition}, B={batch_size}",
                     "images": ids,
                     **case,
                     "wall_seconds": time.perf_counter() - start,
@@ -230,14 +243,15 @@ def write_overview(out: Path, cases: list[dict], pool: ImageSet, frames: int = 4
     rows, movies = [], []
     for variant in dict.fromkeys(c["variant"] for c in cases):
         truths, recs, clips = [], [], []
-        for case in (c for c in cases if c["variant"] == variant):
+        for case in (c for c in cases if c["variant"] == variant and "files" in c):
             reconstruction = load_reconstruction(case["files"]["reconstruction"])
             order = case.get("order") or list(range(len(reconstruction.images)))
             truths.append(pool.images[[index[i] for i in case["images"]]])
             recs.append(reconstruction.images[order])
             clips.append([f[order] for f in reconstruction.frames] or [recs[-1]])
-        rows += [torch.cat(truths), torch.cat(recs)]
-        movies.append((torch.cat(truths), clips))
+        if truths:
+            rows += [torch.cat(truths), torch.cat(recs)]
+            movies.append((torch.cat(truths), clips))
     if not rows:
         return {}
     files = {"overview": str(save_grid(out / "overview.png", rows, scale=2))}
@@ -257,10 +271,10 @@ def write_table(path: Path, results: dict) -> Path:
     lines = [
         f"# {results['preset']}",
         "",
-        "| variant | cases | PSNR median (dB) | SSIM median | label acc. | s / case |",
+        "| group | cases | PSNR median (dB) | SSIM median | label acc. | s / case |",
         "|---|---|---|---|---|---|",
     ]
-    for name, s in results["summary"].get("by_variant", {}).items():
+    for name, s in finest_groups(results["summary"]).items():
         lines.append(
             f"| {name} | {s['n_cases']} | {_fmt(s['psnr_median'], 2)} | "
             f"{_fmt(s['ssim_median'], 3)} | {_fmt(s['label_accuracy'], 2)} | "

@@ -81,6 +81,14 @@ def summarize(cases: list[dict]) -> dict:
     }
 
 
+def finest_groups(summary: dict) -> dict[str, dict]:
+    """The most detailed per-group summaries (``by_group``, else ``by_variant``, else all)."""
+    for key in ("by_group", "by_variant"):
+        if summary.get(key):
+            return summary[key]
+    return {"all": summary}
+
+
 class ResultsFile:
     """``OUT/results.json`` for one run: resumable when preset and settings are unchanged.
 
@@ -89,14 +97,17 @@ class ResultsFile:
         preset: preset (or ``"attack"``) name.
         settings: everything that determines the results; a file with other settings is not
             resumed but replaced (its cases would not be comparable).
-        group_key: case field whose values get their own summary (e.g. ``"variant"``).
+        group_keys: case fields whose values get their own summaries (``summary["by_<key>"]``,
+            e.g. ``("variant", "group")``).
     """
 
-    def __init__(self, path: str | Path, preset: str, settings: dict, group_key: str | None = None):
+    def __init__(
+        self, path: str | Path, preset: str, settings: dict, group_keys: tuple[str, ...] = ()
+    ):
         self.path = Path(path)
         self.preset = preset
         self.settings = json_safe(settings)
-        self.group_key = group_key
+        self.group_keys = group_keys
         self.cases: list[dict] = []
         if self.path.exists():
             try:
@@ -114,12 +125,15 @@ class ResultsFile:
         self.write()
 
     def as_dict(self) -> dict:
+        """The whole file's content; ``summary`` covers all cases and each group."""
         summary = summarize(self.cases)
-        if self.group_key:
+        for key in self.group_keys:
             groups: dict[str, list[dict]] = {}
             for case in self.cases:
-                groups.setdefault(str(case.get(self.group_key)), []).append(case)
-            summary["by_" + self.group_key] = {k: summarize(v) for k, v in groups.items()}
+                if key in case:
+                    groups.setdefault(str(case[key]), []).append(case)
+            if groups:
+                summary["by_" + key] = {k: summarize(v) for k, v in groups.items()}
         return {
             "preset": self.preset,
             "settings": self.settings,
