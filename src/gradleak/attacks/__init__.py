@@ -10,6 +10,7 @@ from gradleak.attacks.base import (
 )
 from gradleak.attacks.bias import BiasAttack
 from gradleak.attacks.dlg import DLG
+from gradleak.attacks.fc_unmix import FCUnmix
 from gradleak.attacks.idlg import IDLG
 from gradleak.attacks.inverting_gradients import InvertingGradients
 from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
@@ -17,7 +18,7 @@ from gradleak.attacks.rgap import RGAP
 from gradleak.errors import GradleakError
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (DLG, IDLG, InvertingGradients, BiasAttack, RGAP)
+    cls.name: cls for cls in (DLG, IDLG, InvertingGradients, BiasAttack, RGAP, FCUnmix)
 }
 
 
@@ -39,6 +40,7 @@ def get_attack(name: str, **settings) -> Attack:
 __all__ = [
     "ATTACKS",
     "DLG",
+    "FCUnmix",
     "IDLG",
     "Attack",
     "BiasAttack",

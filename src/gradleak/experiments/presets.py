@@ -51,7 +51,7 @@ class Preset:
     batches: tuple[tuple[int, str], ...] = ((1, "single"),)
     knows_labels: bool = True
     bn_mode: str = "train"
-    iterations: int = 200
+    iterations: int | None = 200
     restarts: int = 1
     record_inapplicable: bool = False
 
@@ -123,6 +123,19 @@ PRESETS: dict[str, Preset | SweepPreset] = {
             batches=((1, "single"), (2, "distinct"), (2, "repeated")),
             variants=(Variant("bias", "bias"), Variant("rgap", "rgap")),
             iterations=1,
+            record_inapplicable=True,
+        ),
+        Preset(
+            name="repeated-labels",
+            description="Unmixing the first FC layer (mlp4, width 256): repeated vs distinct",
+            model="mlp4",
+            data="cifar10",
+            width=256,
+            n_images=1000,
+            batches=((4, "repeated"), (4, "distinct"), (8, "repeated"), (8, "distinct"))
+            + tuple((b, "repeated") for b in (16, 32, 64)),
+            variants=(Variant("fc_unmix", "fc_unmix"),),
+            iterations=None,
             record_inapplicable=True,
         ),
         Preset(

@@ -1,0 +1,353 @@
+"""Batch recovery by unmixing the first fully-connected layer's gradient.
+
+Gradient inversion as blind source separation, after the Cocktail Party Attack (Kariyappa et al.,
+ICML 2023, https://arxiv.org/abs/2209.05578): for a network whose first layer is
+``z = W x + b``, the averaged gradient is ``G = [dL/dW | dL/db] = Delta [X | 1]``, with column i
+of Delta (n x B) the sample's gradient at z divided by B, so every input row ``[x_i | 1]`` lies in
+the top-B right singular subspace V of G and the attack only has to find the B x B unmixing. The
+batch size is the numerical rank of G. Repeated labels do not matter: nothing is read from the
+output layer per class.
+
+Two unmixings:
+
+- ``method="exact"`` (default): solve the self-consistency equation
+  ``(1/B) sum_i delta(x_i) [x_i | 1]^T = G`` restricted to V (see
+  :mod:`gradleak.attacks.unmix_solve`), where ``delta(x)`` is the per-sample gradient at the
+  first layer's output, computed by the attacker's copy of the network (white box) — the deeper
+  layers' constraint in closed form, plus the bias coordinate ``[x_i | 1]``. Solved by
+  Levenberg-Marquardt in float64 from a random start; recovery is exact up to the float32
+  noise of the observation for smooth activations (sigmoid, tanh). With ReLU, ``delta`` is
+  piecewise constant in x and the solver stalls (about 16 dB at B = 16): use ``cpa`` there.
+- ``method="cpa"``: CPA's ICA (negentropy + total variation + decorrelation, see
+  :mod:`gradleak.attacks.unmix_cpa`), scale and sign fixed by the bias coordinate.
+
+An optional gradient-matching polish (cosine distance + TV over boxed pixels, the shared engine
+parts) starts from the unmixed images.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gradleak.attacks.base import Attack, ProgressCallback, Reconstruction
+from gradleak.attacks.labels import output_layer
+from gradleak.attacks.objectives import GradientDistance
+from gradleak.attacks.parameterization import Pixels
+from gradleak.attacks.priors import total_variation
+from gradleak.attacks.simulation import ClientSimulator
+from gradleak.attacks.unmix_cpa import cpa_unmix
+from gradleak.attacks.unmix_solve import FirstLayerEquation, levenberg_marquardt
+from gradleak.errors import GradleakError
+from gradleak.models import ImageClassifier
+from gradleak.threat import Observation
+
+METHODS = ("exact", "cpa")
+MAX_FRAMES = 60
+
+
+@dataclass(frozen=True)
+class FCUnmixSettings:
+    """Settings of :class:`FCUnmix` (every field is overridable by keyword).
+
+    Attributes:
+        method: ``"exact"`` (self-consistency equation) or ``"cpa"`` (ICA only).
+        iterations: Levenberg-Marquardt steps per restart (``exact``) or Adam steps (``cpa``).
+        restarts: random starts run one after the other; the one whose images best reproduce
+            the whole observed gradient (cosine distance) is kept.
+        damping: initial Levenberg-Marquardt damping.
+        bias_weight: weight of the bias-coordinate residual ``[x_i | 1]`` in ``exact``.
+        lr: Adam step size of the ICA.
+        tv: weight of the ICA's total-variation prior (on standardized components).
+        decorrelation: weight of the ICA's mutual-independence (decorrelation) penalty.
+        box: weight of the ICA's box penalty (pixels in [0, 1] after bias scaling).
+        rank_tol: singular values above ``rank_tol`` times the largest count towards the batch
+            size when the threat model hides it.
+        refine_iterations: gradient-matching steps after unmixing (0: none).
+        refine_lr, refine_tv: Adam step size and TV weight of that polish.
+    """
+
+    method: str = "exact"
+    iterations: int = 200
+    restarts: int = 1
+    damping: float = 1e-3
+    bias_weight: float = 1.0
+    lr: float = 0.01
+    tv: float = 0.2
+    decorrelation: float = 1.0
+    box: float = 0.0
+    rank_tol: float = 1e-7
+    refine_iterations: int = 0
+    refine_lr: float = 0.01
+    refine_tv: float = 1e-4
+
+
+@dataclass
+class FCSubspace:
+    """The first layer's gradient factored for unmixing.
+
+    Attributes:
+        name: the layer's name in ``model.net``; ``layer``: the module; ``index``: its position.
+        gradient: ``[dL/dW | dL/db]`` (n_out x (n_in + 1)), float64.
+        singular_values: all singular values of ``gradient``, descending.
+        basis: top-B right singular vectors ((n_in + 1) x B), bias coordinate last.
+    """
+
+    name: str
+    layer: nn.Linear
+    index: int
+    gradient: torch.Tensor
+    singular_values: torch.Tensor
+    basis: torch.Tensor
+
+
+def first_linear_layer(model: ImageClassifier) -> tuple[str, int, nn.Linear]:
+    """``(name, index, layer)`` of the first layer of ``model.net``, which must be an
+    ``nn.Linear`` with bias preceded only by parameter-free modules (e.g. ``Flatten``) in an
+    ``nn.Sequential``. Raises GradleakError otherwise."""
+    net, model_name = model.net, model.config.get("name", type(model.net).__name__)
+    first = next(
+        (m for m in net.modules() if next(m.parameters(recurse=False), None) is not None), None
+    )
+    if not isinstance(first, nn.Linear) or first.bias is None:
+        what = type(first).__name__ if first is not None else "no parametrized layer"
+        if isinstance(first, nn.Linear):
+            what = "Linear without bias"
+        raise GradleakError(
+            f"model '{model_name}' has no fully-connected first layer with bias (its first "
+            f"layer is {what}); fc_unmix needs one, e.g. mlp4"
+        )
+    if isinstance(net, nn.Sequential):
+        for index, (name, module) in enumerate(net.named_children()):
+            if module is first:
+                return name, index, first
+    raise GradleakError(
+        f"model '{model_name}': fc_unmix needs an nn.Sequential network whose first layer is "
+        "the fully-connected one"
+    )
+
+
+def fc_subspace(observation: Observation, model: ImageClassifier, batch_size: int) -> FCSubspace:
+    """Factor the observed gradient ``[dL/dW | dL/db] = Delta [X | 1]`` of the first linear layer
+    for ``batch_size`` (raises GradleakError when the layer is narrower than the batch)."""
+    name, index, layer = first_linear_layer(model)
+    if layer.out_features < batch_size:
+        raise GradleakError(
+            f"the first layer has {layer.out_features} outputs, fewer than the batch size "
+            f"{batch_size}: its gradient has rank <= {layer.out_features}, too low to unmix "
+            f"{batch_size} images"
+        )
+    if layer.in_features + 1 < batch_size:
+        raise GradleakError(
+            f"the first layer has {layer.in_features} inputs: cannot unmix {batch_size} images"
+        )
+    weight = observation.gradients[f"{name}.weight"].double()
+    bias = observation.gradients[f"{name}.bias"].double()
+    gradient = torch.cat([weight, bias[:, None]], dim=1)
+    _, singular_values, vh = torch.linalg.svd(gradient, full_matrices=False)
+    return FCSubspace(name, layer, index, gradient, singular_values, vh[:batch_size].T)
+
+
+def estimate_batch_size(observation: Observation, rank_tol: float = 1e-7) -> int:
+    """The batch size read off the first layer's gradient: its numerical rank, i.e. the number
+    of singular values above ``rank_tol`` times the largest (float32 gradients have a noise
+    floor near 1e-8 of the largest)."""
+    model = observation.build_model()
+    name, _, _ = first_linear_layer(model)
+    weight = observation.gradients[f"{name}.weight"].double()
+    bias = observation.gradients[f"{name}.bias"].double()
+    values = torch.linalg.svdvals(torch.cat([weight, bias[:, None]], dim=1))
+    if float(values[0]) == 0.0:
+        raise GradleakError("the first layer's gradient is zero: no batch to recover")
+    return int((values > rank_tol * values[0]).sum())
+
+
+def batch_labels(observation: Observation, model: ImageClassifier, batch_size: int):
+    """The batch's labels if the threat model reveals them; otherwise every sample gets the
+    class whose output-bias gradient is most negative (right when all labels are the same)."""
+    if observation.labels is not None:
+        return observation.labels.clone()
+    name, layer = output_layer(model)
+    if layer.bias is not None:
+        label = observation.gradients[f"{name}.bias"].argmin()
+    else:
+        label = observation.gradients[f"{name}.weight"].sum(1).argmin()
+    return label.reshape(1).expand(batch_size).clone()
+
+
+class FCUnmix(Attack):
+    """Recover a whole batch, repeated labels included, by unmixing the first FC layer.
+
+    Cocktail Party Attack (Kariyappa et al., ICML 2023, https://arxiv.org/abs/2209.05578) as
+    ``method="cpa"``; by default (``"exact"``) the unmixing solves the first layer's
+    self-consistency equation (see the module docstring) and is exact for networks that start
+    with ``Flatten -> Linear`` (e.g. ``mlp4``), have smooth activations and treat samples
+    independently (no train-mode BatchNorm).
+
+    Labels: the observation's if known, else the output-bias argmin repeated B times.
+    The batch size, when hidden and not passed, is the gradient's numerical rank.
+
+    Shape:
+        observation of B images (C, H, W) -> images (B, C, H, W), labels (B,).
+
+    Examples::
+        >>> reconstruction = FCUnmix()(observation, restarts=2)
+        >>> score_batch(reconstruction.images, observation.truth.images).psnr.mean()
+    """
+
+    name = "fc_unmix"
+    defaults = FCUnmixSettings()
+
+    def __call__(self, observation: Observation, *, batch_size: int | None = None, **kwargs):
+        if observation.known_batch_size is None and batch_size is None:
+            batch_size = estimate_batch_size(observation.attacker_view(), self.settings.rank_tol)
+        return super().__call__(observation, batch_size=batch_size, **kwargs)
+
+    def reconstruct(
+        self,
+        observation: Observation,
+        model: ImageClassifier,
+        batch_size: int,
+        settings: FCUnmixSettings,
+        generator: torch.Generator,
+        callback: ProgressCallback | None,
+    ) -> Reconstruction:
+        if settings.method not in METHODS:
+            raise GradleakError(f"unknown method {settings.method!r}; choose one of {METHODS}")
+        space = fc_subspace(observation, model, batch_size)
+        labels = batch_labels(observation, model, batch_size)
+        shape = model.input_shape
+        mean, std = model.mean.double(), model.std.double()
+
+        def images_of(coefficients: torch.Tensor) -> torch.Tensor:
+            inputs = (coefficients @ space.basis[:-1].T).view(batch_size, *shape)
+            return (inputs * std + mean).clamp(0, 1).float()
+
+        total = settings.iterations * settings.restarts
+        frame_every = max(1, settings.iterations // MAX_FRAMES)
+        equation = _equation(space, model, labels, settings.bias_weight)
+        runs: list[tuple[torch.Tensor, list[float], list[torch.Tensor]]] = []
+        for restart in range(settings.restarts):
+            done = restart * settings.iterations
+            if settings.method == "cpa":
+                coefficients = cpa_unmix(
+                    space.basis,
+                    shape,
+                    model.mean,
+                    model.std,
+                    iterations=settings.iterations,
+                    lr=settings.lr,
+                    tv=settings.tv,
+                    decorrelation=settings.decorrelation,
+                    box=settings.box,
+                    generator=generator,
+                )
+                residual = float(equation.cost(coefficients)) ** 0.5 if equation else float("nan")
+                runs.append((coefficients, [residual], [images_of(coefficients)]))
+                if callback is not None:
+                    callback(done + settings.iterations, total, residual)
+                continue
+            if equation is None:
+                raise GradleakError(
+                    "fc_unmix's exact method needs a network that treats samples independently; "
+                    "train-mode BatchNorm couples them (use method='cpa' or bn_mode='eval')"
+                )
+            frames: list[torch.Tensor] = []
+
+            def on_step(it: int, coefficients, residual: float, done=done, frames=frames):
+                if it % frame_every == 0:
+                    frames.append(images_of(coefficients))
+                if callback is not None:
+                    callback(done + it + 1, total, residual)
+
+            coefficients, history = levenberg_marquardt(
+                equation,
+                _random_start(space.basis, model, generator),
+                settings.iterations,
+                damping=settings.damping,
+                on_step=on_step,
+            )
+            frames.append(images_of(coefficients))
+            runs.append((coefficients, history, frames))
+
+        # Keep the restart whose images best explain the whole observed gradient.
+        simulator = ClientSimulator(model)
+        distance = GradientDistance("cosine", [observation.gradients[n] for n in simulator.names])
+        candidates = torch.stack([images_of(c) for c, _, _ in runs])
+        with torch.no_grad():
+            distances = distance(simulator.gradients(candidates, labels.expand(len(runs), -1)))
+        keep = int(torch.nan_to_num(distances, nan=torch.inf).argmin())
+        images, final_distance = candidates[keep], float(distances[keep])
+        if settings.refine_iterations > 0:
+            images, final_distance = _refine(images, labels, simulator, distance, settings)
+        longest = max(len(h) for _, h, _ in runs)
+        return Reconstruction(
+            images=images,
+            labels=labels.long(),
+            attack=self.name,
+            gradient_distance=final_distance,
+            restart_distances=[float(d) for d in distances],
+            history=[min(h[min(i, len(h) - 1)] for _, h, _ in runs) for i in range(longest)],
+            frames=runs[keep][2][-MAX_FRAMES:],
+            iterations=total if settings.method == "cpa" else sum(len(h) for _, h, _ in runs),
+        )
+
+
+def _equation(
+    space: FCSubspace, model: ImageClassifier, labels: torch.Tensor, bias_weight: float
+) -> FirstLayerEquation | None:
+    """The self-consistency equation of ``space``, or None when samples are not independent
+    (train-mode BatchNorm after the first layer)."""
+    rest = nn.Sequential(*list(model.net.children())[space.index + 1 :])
+    if model.training and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in rest.modules()
+    ):
+        return None
+    rest = copy.deepcopy(rest).double().requires_grad_(False)
+    return FirstLayerEquation(
+        rest,
+        weight_in=space.layer.weight.detach().double() @ space.basis[:-1],
+        bias=space.layer.bias.detach().double(),
+        target=space.gradient @ space.basis,
+        bias_row=space.basis[-1],
+        labels=labels,
+        bias_weight=bias_weight,
+    )
+
+
+def _random_start(basis: torch.Tensor, model: ImageClassifier, generator) -> torch.Tensor:
+    """B random coefficient rows with bias coordinate 1, spread like uniform-noise images."""
+    size = basis.shape[1]
+    bias_row = basis[-1]
+    pixel_rms = (((0.5 - model.mean) ** 2 + 1 / 12).sqrt() / model.std).mean()
+    spread = float(pixel_rms) * (basis.shape[0] - 1) ** 0.5 / size**0.5
+    start = torch.randn(size, size, generator=generator, dtype=torch.float64) * spread
+    start += (1 - start @ bias_row)[:, None] * bias_row[None, :] / bias_row.dot(bias_row)
+    return start
+
+
+def _refine(images, labels, simulator, distance, settings):
+    """Gradient-matching polish from the unmixed images (cosine + TV, boxed pixels, Adam).
+    Returns the iterate with the lowest gradient distance and that distance."""
+    pixels = Pixels((1, *images.shape), init="gray", boxed=True)
+    with torch.no_grad():
+        pixels.data.copy_(images[None])
+    optimizer = torch.optim.Adam(pixels.parameters(), lr=settings.refine_lr)
+    best, best_distance = images.clone(), float("inf")
+    iterations = settings.refine_iterations
+    for step in range(iterations + 1):
+        candidate = pixels.images()
+        dist = distance(simulator.gradients(candidate, labels[None]))
+        if float(dist.detach()) < best_distance:
+            best, best_distance = candidate[0].detach().clone(), float(dist.detach())
+        if step == iterations:
+            break
+        loss = (dist + settings.refine_tv * total_variation(candidate)).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pixels.project_()
+    return best, best_distance
