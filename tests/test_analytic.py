@@ -68,7 +68,7 @@ def test_bias_attack_is_exact_at_batch_size_one(cifar10, flowers):
             reconstruction = BiasAttack()(observation)
             assert psnr(reconstruction.images, truth).item() >= 80
             assert reconstruction.labels.tolist() == [i + 3]  # iDLG's analytic label
-            assert reconstruction.settings["mixture"] is False
+            assert reconstruction.notes["mixture"] is False
 
 
 def test_bias_attack_float64_observation(cifar10):
@@ -85,7 +85,7 @@ def test_bias_attack_batch_returns_one_mixture(cifar10):
     truth = cifar10.images[:2]
     observation = observe(model, truth, cifar10.labels[:2])
     reconstruction = BiasAttack()(observation)
-    assert reconstruction.settings["mixture"] is True
+    assert reconstruction.notes["mixture"] is True
     assert torch.equal(reconstruction.images[0], reconstruction.images[1])
     scores = psnr(reconstruction.images, truth)
     assert scores.max() < 30  # neither image is recovered

@@ -43,6 +43,8 @@ class Reconstruction:
         frames: snapshots (B, C, H, W) of the best restart during optimization, for GIFs.
         iterations: iterations run (may be fewer than asked when stopped early).
         seconds: wall time.
+        notes: facts about the result the attack wants known (e.g. ``{"mixture": True}`` when
+            the images are not separate reconstructions).
     """
 
     images: torch.Tensor
@@ -55,6 +57,7 @@ class Reconstruction:
     frames: list[torch.Tensor] = field(default_factory=list)
     iterations: int = 0
     seconds: float = 0.0
+    notes: dict = field(default_factory=dict)
 
 
 class Attack:
@@ -158,6 +161,7 @@ def save_reconstruction(reconstruction: Reconstruction, path: str | Path) -> Pat
         "history": reconstruction.history,
         "iterations": reconstruction.iterations,
         "seconds": reconstruction.seconds,
+        "notes": reconstruction.notes,
     }
     tensors = {
         "images": reconstruction.images.detach().contiguous(),
@@ -197,5 +201,6 @@ def load_reconstruction(path: str | Path) -> Reconstruction:
         history=header.get("history", []),
         iterations=header.get("iterations", 0),
         seconds=header.get("seconds", 0.0),
+        notes=header.get("notes", {}),
         frames=list(tensors["frames"].float().div(255)) if "frames" in tensors else [],
     )

@@ -112,10 +112,10 @@ class BiasAttack(Attack):
     :func:`invert_linear_layer` on the first layer gives the normalized image, mapped back to
     pixels through the model wrapper's mean and std. Exact for a batch of one. For ``B > 1`` every
     returned image is the same gradient-weighted mixture of the batch, and the reconstruction's
-    ``settings["mixture"]`` is True.
+    ``notes["mixture"]`` is True.
 
-    Labels: known when the threat model allows, else iDLG's analytic label (B = 1), else the
-    ``B`` classes with the most negative output-layer bias gradient.
+    Labels: known when the threat model allows, else recovered analytically (iDLG at B = 1,
+    count-aware batch label recovery otherwise).
 
     Shape:
         observation of ``B`` images (C, H, W) -> images (B, C, H, W) clamped to [0, 1], labels (B,).
@@ -127,11 +127,6 @@ class BiasAttack(Attack):
 
     name = "bias"
     defaults = BiasSettings()
-
-    def __call__(self, observation: Observation, **kwargs) -> Reconstruction:
-        result = super().__call__(observation, **kwargs)
-        result.settings["mixture"] = len(result.images) > 1
-        return result
 
     def reconstruct(
         self,
@@ -158,6 +153,7 @@ class BiasAttack(Attack):
             labels=_labels(observation, model, batch_size),
             attack=self.name,
             iterations=1,
+            notes={"mixture": batch_size > 1},
         )
 
 

@@ -117,6 +117,7 @@ def attack_and_report(
         "iterations": reconstruction.iterations,
         "seconds": reconstruction.seconds,
         "iterations_per_second": reconstruction.iterations / max(reconstruction.seconds, 1e-9),
+        "notes": reconstruction.notes,
         "files": files,
     }
     if observation.truth is not None:
