@@ -171,7 +171,9 @@ def run_preset(
         out / "results.json", preset.name, settings, group_keys=("variant", "group")
     )
     pool = load_images(data_spec, size=preset.image_size)
-    pool = pool.select(n_images, distinct_labels=preset.one_per_class)
+    if preset.one_per_class:
+        pool = pool.select(None, distinct_labels=True)
+    pool = pool.select(min(n_images, len(pool)))
     num_classes = max(preset.num_classes, len(pool.class_names))
     model = build_model(
         preset.model,
