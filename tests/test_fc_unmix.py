@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch.func import jacfwd
 
+from gradleak.analysis import estimate_batch_size
 from gradleak.attacks.fc_unmix import (
     FCUnmix,
-    batch_labels,
-    estimate_batch_size,
     fc_subspace,
     first_linear_layer,
 )
+from gradleak.attacks.labels import batch_labels
 from gradleak.attacks.unmix_solve import FirstLayerEquation
 from gradleak.data import load_images
 from gradleak.errors import GradleakError

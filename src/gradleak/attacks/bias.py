@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gradleak.attacks.base import Attack, ProgressCallback, Reconstruction
-from gradleak.attacks.labels import fixed_labels, resolve_strategy
+from gradleak.attacks.labels import batch_labels
 from gradleak.errors import GradleakError
 from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
@@ -150,14 +150,8 @@ class BiasAttack(Attack):
             callback(1, 1, float("nan"))
         return Reconstruction(
             images=images,
-            labels=_labels(observation, model, batch_size),
+            labels=batch_labels(observation, model, batch_size),
             attack=self.name,
             iterations=1,
             notes={"mixture": batch_size > 1},
         )
-
-
-def _labels(observation: Observation, model: ImageClassifier, batch_size: int) -> torch.Tensor:
-    """Known labels if the threat model allows, else recovered analytically (with counts)."""
-    strategy = resolve_strategy("auto", observation)
-    return fixed_labels(strategy, observation, model, batch_size)

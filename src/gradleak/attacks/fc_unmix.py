@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from gradleak.attacks.base import Attack, ProgressCallback, Reconstruction
-from gradleak.attacks.labels import output_layer
+from gradleak.attacks.labels import batch_labels
 from gradleak.attacks.objectives import GradientDistance
 from gradleak.attacks.parameterization import Pixels
 from gradleak.attacks.priors import total_variation
@@ -64,8 +64,6 @@ class FCUnmixSettings:
         tv: weight of the ICA's total-variation prior (on standardized components).
         decorrelation: weight of the ICA's mutual-independence (decorrelation) penalty.
         box: weight of the ICA's box penalty (pixels in [0, 1] after bias scaling).
-        rank_tol: singular values above ``rank_tol`` times the largest count towards the batch
-            size when the threat model hides it.
         refine_iterations: gradient-matching steps after unmixing (0: none).
         refine_lr, refine_tv: Adam step size and TV weight of that polish.
     """
@@ -79,7 +77,6 @@ class FCUnmixSettings:
     tv: float = 0.2
     decorrelation: float = 1.0
     box: float = 0.0
-    rank_tol: float = 1e-7
     refine_iterations: int = 0
     refine_lr: float = 0.01
     refine_tv: float = 1e-4
@@ -151,33 +148,6 @@ def fc_subspace(observation: Observation, model: ImageClassifier, batch_size: in
     return FCSubspace(name, layer, index, gradient, singular_values, vh[:batch_size].T)
 
 
-def estimate_batch_size(observation: Observation, rank_tol: float = 1e-7) -> int:
-    """The batch size read off the first layer's gradient: its numerical rank, i.e. the number
-    of singular values above ``rank_tol`` times the largest (float32 gradients have a noise
-    floor near 1e-8 of the largest)."""
-    model = observation.build_model()
-    name, _, _ = first_linear_layer(model)
-    weight = observation.gradients[f"{name}.weight"].double()
-    bias = observation.gradients[f"{name}.bias"].double()
-    values = torch.linalg.svdvals(torch.cat([weight, bias[:, None]], dim=1))
-    if float(values[0]) == 0.0:
-        raise GradleakError("the first layer's gradient is zero: no batch to recover")
-    return int((values > rank_tol * values[0]).sum())
-
-
-def batch_labels(observation: Observation, model: ImageClassifier, batch_size: int):
-    """The batch's labels if the threat model reveals them; otherwise every sample gets the
-    class whose output-bias gradient is most negative (right when all labels are the same)."""
-    if observation.labels is not None:
-        return observation.labels.clone()
-    name, layer = output_layer(model)
-    if layer.bias is not None:
-        label = observation.gradients[f"{name}.bias"].argmin()
-    else:
-        label = observation.gradients[f"{name}.weight"].sum(1).argmin()
-    return label.reshape(1).expand(batch_size).clone()
-
-
 class FCUnmix(Attack):
     """Recover a whole batch, repeated labels included, by unmixing the first FC layer.
 
@@ -187,8 +157,9 @@ class FCUnmix(Attack):
     with ``Flatten -> Linear`` (e.g. ``mlp4``), have smooth activations and treat samples
     independently (no train-mode BatchNorm).
 
-    Labels: the observation's if known, else the output-bias argmin repeated B times.
-    The batch size, when hidden and not passed, is the gradient's numerical rank.
+    Labels: the observation's if known, else recovered analytically with their counts
+    (:func:`gradleak.attacks.labels.batch_labels`). The batch size, when hidden and not passed,
+    is estimated from the gradients' rank (:func:`gradleak.analysis.estimate_batch_size`).
 
     Shape:
         observation of B images (C, H, W) -> images (B, C, H, W), labels (B,).
@@ -203,7 +174,9 @@ class FCUnmix(Attack):
 
     def __call__(self, observation: Observation, *, batch_size: int | None = None, **kwargs):
         if observation.known_batch_size is None and batch_size is None:
-            batch_size = estimate_batch_size(observation.attacker_view(), self.settings.rank_tol)
+            from gradleak.analysis.batch_size import estimate_batch_size  # (import cycle)
+
+            batch_size = estimate_batch_size(observation.attacker_view())
         return super().__call__(observation, batch_size=batch_size, **kwargs)
 
     def reconstruct(

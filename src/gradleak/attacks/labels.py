@@ -82,3 +82,9 @@ def fixed_labels(
     from gradleak.analysis.labels import recover_labels
 
     return recover_labels(observation, model, batch_size=batch_size).labels
+
+
+def batch_labels(observation: Observation, model: ImageClassifier, batch_size: int) -> torch.Tensor:
+    """Labels (B,) for attacks without a label strategy of their own: known if the threat model
+    allows, else recovered analytically (iDLG at B = 1, count-aware recovery otherwise)."""
+    return fixed_labels(resolve_strategy("auto", observation), observation, model, batch_size)
