@@ -6,11 +6,13 @@ iDLG reads the label of a single sample analytically from the output layer's gra
 
 from __future__ import annotations
 
-from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
+import dataclasses
+
+from gradleak.attacks.dlg import DLG
 
 
-class IDLG(GradientMatchingAttack):
-    """iDLG: DLG with the analytic label (batch size 1).
+class IDLG(DLG):
+    """iDLG: DLG with the analytic label (batch size 1; count-aware recovery for larger batches).
 
     Shape:
         observation of one image (C, H, W) -> images (1, C, H, W), labels (1,).
@@ -21,12 +23,4 @@ class IDLG(GradientMatchingAttack):
     """
 
     name = "idlg"
-    defaults = MatchingSettings(
-        distance="l2",
-        optimizer="lbfgs",
-        lr=1.0,
-        iterations=300,
-        init="rand",
-        labels="analytic",
-        patience=30,
-    )
+    defaults = dataclasses.replace(DLG.defaults, labels="analytic")
