@@ -11,6 +11,7 @@ from gradleak.attacks.base import (
 from gradleak.attacks.bias import BiasAttack
 from gradleak.attacks.dlg import DLG
 from gradleak.attacks.fc_unmix import FCUnmix
+from gradleak.attacks.gradinversion import GradInversion
 from gradleak.attacks.idlg import IDLG
 from gradleak.attacks.inverting_gradients import InvertingGradients
 from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
@@ -18,7 +19,8 @@ from gradleak.attacks.rgap import RGAP
 from gradleak.errors import GradleakError
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (DLG, IDLG, InvertingGradients, BiasAttack, RGAP, FCUnmix)
+    cls.name: cls
+    for cls in (DLG, IDLG, InvertingGradients, GradInversion, BiasAttack, RGAP, FCUnmix)
 }
 
 
@@ -41,6 +43,7 @@ __all__ = [
     "ATTACKS",
     "DLG",
     "FCUnmix",
+    "GradInversion",
     "IDLG",
     "Attack",
     "BiasAttack",

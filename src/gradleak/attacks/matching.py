@@ -3,14 +3,16 @@
     argmin_{x, y}  D( grad_theta L(f_theta(x), y),  g_observed )  +  sum_k  lambda_k R_k(x)
 
 The parts: the client simulator (vmapped restarts), a gradient distance D (l2 or cosine), a pixel
-parameterization (boxed or free), priors R_k (total variation), a label strategy (known,
-analytic, joint) and an optimizer (L-BFGS, or Adam with signed gradients and step decay). All
+parameterization (boxed or free), priors R_k (total variation; GradInversion's image norm,
+BatchNorm statistics and group consistency), a label strategy (known, analytic, joint) and an
+optimizer (L-BFGS, or Adam, optionally on signed gradients, with a step or cosine schedule). All
 restarts are one batched tensor; each restart keeps its best iterate and the restart with the
 lowest gradient distance is returned.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,13 +21,19 @@ from gradleak.attacks.base import Attack, ProgressCallback, Reconstruction
 from gradleak.attacks.labels import fixed_labels, resolve_strategy
 from gradleak.attacks.objectives import GradientDistance
 from gradleak.attacks.parameterization import Pixels
-from gradleak.attacks.priors import total_variation
+from gradleak.attacks.priors import (
+    GroupConsistency,
+    batchnorm_distance,
+    image_norm,
+    total_variation,
+)
 from gradleak.attacks.simulation import ClientSimulator
 from gradleak.errors import GradleakError
 from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
 OPTIMIZERS = ("adam", "lbfgs")
+SCHEDULES = ("constant", "step", "cosine")
 MAX_FRAMES = 60
 
 
@@ -40,11 +48,17 @@ class MatchingSettings:
         iterations: optimizer steps (an L-BFGS step runs up to ``lbfgs_inner`` inner iterations).
         restarts: random initializations optimized together as one batch.
         tv: weight of the total-variation prior (0 disables it).
+        l2: weight of the image-norm prior (GradInversion's R_l2).
+        bn: weight of the BatchNorm-statistics prior (GradInversion's R_BN; needs BN layers).
+        group: weight of group consistency across restarts (GradInversion's R_group).
+        group_every: steps between re-registrations of the restarts' consensus.
         labels: ``"auto"``, ``"known"``, ``"analytic"`` (iDLG, batch size 1) or ``"joint"`` (DLG).
         init: ``"randn"``, ``"rand"`` or ``"gray"``.
         boxed: clamp pixels to [0, 1] after each step.
         signed: use the sign of the image gradient (Inverting Gradients' signed Adam).
-        lr_decay: multiply the step size by 0.1 at 3/8, 5/8 and 7/8 of the run.
+        schedule: Adam's step size over the run: ``"constant"``, ``"step"`` (x0.1 at 3/8, 5/8
+            and 7/8, Inverting Gradients) or ``"cosine"`` (cosine decay, GradInversion).
+        warmup: steps of linear step-size warm-up before the schedule.
         layer_weights: one weight per parameter tensor for the distance, or None.
         lbfgs_inner: L-BFGS iterations per step.
         patience: stop when the objective has not improved for this many steps (None: never).
@@ -56,11 +70,16 @@ class MatchingSettings:
     iterations: int = 300
     restarts: int = 1
     tv: float = 0.0
+    l2: float = 0.0
+    bn: float = 0.0
+    group: float = 0.0
+    group_every: int = 100
     labels: str = "auto"
     init: str = "randn"
     boxed: bool = False
     signed: bool = False
-    lr_decay: bool = False
+    schedule: str = "constant"
+    warmup: int = 0
     layer_weights: tuple[float, ...] | None = None
     lbfgs_inner: int = 20
     patience: int | None = None
@@ -117,19 +136,27 @@ class GradientMatchingAttack(Attack):
             raise GradleakError(
                 f"unknown optimizer {settings.optimizer!r}; choose one of {OPTIMIZERS}"
             )
+        if settings.schedule not in SCHEDULES:
+            raise GradleakError(
+                f"unknown step-size schedule {settings.schedule!r}; choose one of {SCHEDULES}"
+            )
         restarts, iterations = settings.restarts, settings.iterations
         strategy = resolve_strategy(settings.labels, observation)
-        simulator = ClientSimulator(model)
+        simulator = ClientSimulator(model, batch_statistics=settings.bn > 0)
+        prior = _ImagePrior(settings, model, simulator.running_statistics)
         distance = GradientDistance(
             settings.distance,
             [observation.gradients[n] for n in simulator.names],
             settings.layer_weights,
+            precise=settings.optimizer == "lbfgs",
         )
         pixels = Pixels(
             (restarts, batch_size, *model.input_shape),
             init=settings.init,
             boxed=settings.boxed,
             generator=generator,
+            mean=model.mean,
+            std=model.std,
         )
         variables = pixels.parameters()
         if strategy == "joint":
@@ -149,8 +176,9 @@ class GradientMatchingAttack(Attack):
         def objective() -> torch.Tensor:
             images = pixels.images()
             candidate_labels = label_logits if label_logits is not None else labels
-            dist = distance(simulator.gradients(images, candidate_labels))
-            total = dist + settings.tv * total_variation(images) if settings.tv else dist
+            gradients, statistics = simulator.simulate(images, candidate_labels)
+            dist = distance(gradients)
+            total = dist + prior(images, statistics)
             best.update(total, dist, images, candidate_labels)
             return total
 
@@ -158,6 +186,8 @@ class GradientMatchingAttack(Attack):
         frame_every = max(1, iterations // MAX_FRAMES)
         stale, best_seen, done = 0, float("inf"), 0
         for it in range(iterations):
+            if prior.group is not None and it and it % settings.group_every == 0:
+                prior.group.register(pixels.images())
             value = step(it)
             done = it + 1
             current = float(best.distance.min())
@@ -193,6 +223,30 @@ class GradientMatchingAttack(Attack):
         )
 
 
+class _ImagePrior:
+    """The weighted sum of the enabled image priors, one value per restart."""
+
+    def __init__(self, settings: MatchingSettings, model: ImageClassifier, running_statistics):
+        self.settings = settings
+        self.mean, self.std = model.mean, model.std
+        self.running = running_statistics
+        self.group = GroupConsistency() if settings.group and settings.restarts > 1 else None
+
+    def __call__(self, images: torch.Tensor, statistics) -> torch.Tensor:
+        s = self.settings
+        total = images.new_zeros(len(images))
+        normalized = (images - self.mean) / self.std  # the priors see what the model sees
+        if s.tv:
+            total = total + s.tv * total_variation(normalized)
+        if s.l2:
+            total = total + s.l2 * image_norm(normalized)
+        if s.bn:
+            total = total + s.bn * batchnorm_distance(statistics, self.running)
+        if self.group is not None:
+            total = total + s.group * self.group(images)
+        return total
+
+
 def _make_step(settings: MatchingSettings, variables, objective, pixels: Pixels):
     """One optimizer step as a function ``step(iteration) -> summed objective``."""
     if settings.optimizer == "lbfgs":
@@ -221,12 +275,7 @@ def _make_step(settings: MatchingSettings, variables, objective, pixels: Pixels)
         return lbfgs_step
 
     optimizer = torch.optim.Adam(variables, lr=settings.lr)
-    milestones = [int(settings.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-    schedule = (
-        torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-        if settings.lr_decay
-        else None
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _step_size_factor(settings))
 
     def adam_step(_iteration: int) -> torch.Tensor:
         optimizer.zero_grad()
@@ -236,9 +285,24 @@ def _make_step(settings: MatchingSettings, variables, objective, pixels: Pixels)
             for v in variables:
                 v.grad.sign_()
         optimizer.step()
-        if schedule is not None:
-            schedule.step()
+        schedule.step()
         pixels.project_()
         return loss.detach()
 
     return adam_step
+
+
+def _step_size_factor(settings: MatchingSettings):
+    """The multiplier of Adam's step size at each step: linear warm-up, then the schedule."""
+    total, warmup = settings.iterations, settings.warmup
+    milestones = [int(total * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+
+    def factor(step: int) -> float:
+        scale = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if settings.schedule == "step":
+            scale *= 0.1 ** sum(step >= m for m in milestones)
+        elif settings.schedule == "cosine":
+            scale *= 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        return scale
+
+    return factor

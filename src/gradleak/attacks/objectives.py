@@ -22,6 +22,10 @@ class GradientDistance:
         kind: ``"l2"`` or ``"cosine"``.
         target: the observed gradients, in parameter order.
         layer_weights: optional weight per parameter tensor (default 1 for all).
+        precise: evaluate the cosine distance as ``||g/|g| - t/|t|||^2 / 2``, free of the float32
+            cancellation of ``1 - cos`` near 0 that stalls L-BFGS line searches, at the cost of
+            full-size temporaries; otherwise as ``1 - <g, t> / (|g| |t|)`` with reductions only
+            (about 3x less memory traffic, which is what bounds large fully connected layers).
     """
 
     def __init__(
@@ -29,10 +33,13 @@ class GradientDistance:
         kind: str,
         target: Sequence[torch.Tensor],
         layer_weights: Sequence[float] | Mapping[int, float] | None = None,
+        *,
+        precise: bool = False,
     ):
         if kind not in DISTANCES:
             raise GradleakError(f"unknown gradient distance {kind!r}; choose one of {DISTANCES}")
         self.kind = kind
+        self.precise = precise
         self.target = [t.detach() for t in target]
         if layer_weights is None:
             self.weights = [1.0] * len(self.target)
@@ -45,6 +52,7 @@ class GradientDistance:
         self.target_norm = torch.sqrt(
             sum(w * t.pow(2).sum() for w, t in zip(self.weights, self.target, strict=True))
         )
+        self.flat_target = [t.flatten() for t in self.target]
 
     def __call__(self, candidate: Sequence[torch.Tensor]) -> torch.Tensor:
         if self.kind == "l2":
@@ -52,13 +60,18 @@ class GradientDistance:
                 w * (g - t).pow(2).flatten(1).sum(1)
                 for w, g, t in zip(self.weights, candidate, self.target, strict=True)
             )
-        # 1 - cos(g, t) = ||g/|g| - t/|t|||^2 / 2, free of the cancellation that stalls
-        # optimizers once the distance nears float32 resolution.
         norm = torch.sqrt(
             sum(
-                w * g.pow(2).flatten(1).sum(1) for w, g in zip(self.weights, candidate, strict=True)
+                w * torch.linalg.vector_norm(g.flatten(1), dim=1).square()
+                for w, g in zip(self.weights, candidate, strict=True)
             )
         ).clamp_min(1e-12)
+        if not self.precise:
+            dot = sum(
+                w * (g.flatten(1) @ t)
+                for w, g, t in zip(self.weights, candidate, self.flat_target, strict=True)
+            )
+            return 1 - dot / (norm * self.target_norm)
         return 0.5 * sum(
             w
             * (g / norm.view(-1, *([1] * (g.ndim - 1))) - t / self.target_norm)

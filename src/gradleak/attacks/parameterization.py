@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from gradleak.errors import GradleakError
@@ -12,11 +14,17 @@ INITS = ("randn", "rand", "gray")
 class Pixels:
     """Free pixels, one tensor (R, B, C, H, W) for R restarts, optionally boxed to [0, 1].
 
+    The variables are the model's normalized input ``z = (x - mean) / std`` (as in Inverting
+    Gradients and breaching), so that a step size means the same on every model: a signed step of
+    0.1 moves a pixel by ``0.1 * std``. Models without input normalization have ``z = x``.
+
     Args:
         shape: (R, B, C, H, W).
-        init: ``"randn"`` (DLG, Inverting Gradients), ``"rand"`` (uniform) or ``"gray"``.
+        init: ``"randn"`` (z ~ N(0, 1): DLG, Inverting Gradients), ``"rand"`` (x uniform in
+            [0, 1]) or ``"gray"`` (x = 0.5).
         boxed: clamp to the valid image range after every step (Inverting Gradients).
         generator: seeded random source.
+        mean, std: the model's per-channel input normalization (default 0 and 1).
     """
 
     def __init__(
@@ -26,26 +34,42 @@ class Pixels:
         init: str = "randn",
         boxed: bool = True,
         generator: torch.Generator | None = None,
+        mean: Sequence[float] | torch.Tensor | None = None,
+        std: Sequence[float] | torch.Tensor | None = None,
     ):
+        channels = shape[-3]
+        self.mean = _per_channel(mean, 0.0, channels)
+        self.std = _per_channel(std, 1.0, channels)
         if init == "randn":
             data = torch.randn(shape, generator=generator)
         elif init == "rand":
-            data = torch.rand(shape, generator=generator)
+            data = (torch.rand(shape, generator=generator) - self.mean) / self.std
         elif init == "gray":
-            data = torch.full(shape, 0.5)
+            data = ((torch.full(shape, 0.5)) - self.mean) / self.std
         else:
             raise GradleakError(f"unknown image init {init!r}; choose one of {INITS}")
         self.boxed = boxed
-        self.data = data.clamp(0, 1) if boxed else data
+        self.low, self.high = -self.mean / self.std, (1 - self.mean) / self.std
+        self.data = torch.maximum(torch.minimum(data, self.high), self.low) if boxed else data
         self.data.requires_grad_(True)
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.data]
 
     def images(self) -> torch.Tensor:
-        return self.data
+        """The candidates in pixel space [0, 1] (when boxed), differentiable in the variables."""
+        return self.data * self.std + self.mean
 
     @torch.no_grad()
     def project_(self) -> None:
         if self.boxed:
-            self.data.clamp_(0, 1)
+            torch.maximum(torch.minimum(self.data, self.high), self.low, out=self.data)
+
+
+def _per_channel(values, default: float, channels: int) -> torch.Tensor:
+    if values is None:
+        return torch.full((channels, 1, 1), default)
+    values = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if values.numel() != channels:
+        raise GradleakError(f"need {channels} normalization values, got {values.numel()}")
+    return values.view(channels, 1, 1)

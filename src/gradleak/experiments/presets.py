@@ -33,6 +33,8 @@ class Preset:
         batches: (batch size, composition) pairs; the composition says how batches are formed:
             ``single`` (batch size 1), ``distinct`` (all labels different) or ``repeated`` (all
             labels equal).
+        weights: the model's weights: ``None`` (seeded initialization, an untrained model) or
+            ``"pretrained"`` (the trained weights the registry knows for it).
         knows_labels: whether the threat model gives the server the labels.
         record_inapplicable: record an attack that does not apply to a case (it raises a
             GradleakError, e.g. R-GAP at batch size 2) as a result instead of stopping.
@@ -45,6 +47,7 @@ class Preset:
     variants: tuple[Variant, ...]
     image_size: int = 32
     width: int | None = None
+    weights: str | None = None
     num_classes: int = 10
     n_images: int = 20
     one_per_class: bool = False
@@ -72,6 +75,18 @@ class SweepPreset:
 
 _L2 = Variant("l2", "dlg", {"labels": "known"})
 _COSINE = Variant("cosine", "dlg", {"labels": "known", "distance": "cosine"})
+
+# GradInversion's priors, each alone on top of cosine + TV (GradInversion's optimizer), all of them
+# together (GradInversion's defaults), and Inverting Gradients itself; all share one TV weight.
+_PRIOR_OFF = {"l2": 0.0, "bn": 0.0, "group": 0.0}
+_PRIOR_ABLATION = (
+    Variant("inverting_gradients", "inverting_gradients"),
+    Variant("cosine+tv", "gradinversion", _PRIOR_OFF),
+    Variant("+l2", "gradinversion", {**_PRIOR_OFF, "l2": 1e-6}),
+    Variant("+bn", "gradinversion", {**_PRIOR_OFF, "bn": 1e-3}),
+    Variant("+group", "gradinversion", {**_PRIOR_OFF, "group": 0.01}),
+    Variant("gradinversion", "gradinversion"),
+)
 
 PRESETS: dict[str, Preset | SweepPreset] = {
     p.name: p
@@ -149,6 +164,21 @@ PRESETS: dict[str, Preset | SweepPreset] = {
                 Variant(f"tv={tv:g}", "dlg", {"labels": "known", "distance": "cosine", "tv": tv})
                 for tv in (1e-4, 1e-3, 1e-2, 1e-1)
             ),
+        ),
+        Preset(
+            name="priors-ablation",
+            description=(
+                "Trained ResNet-20, CIFAR-10, batch 1/4/8: Inverting Gradients vs GradInversion "
+                "with each prior alone and all together"
+            ),
+            model="resnet20",
+            weights="pretrained",
+            data="cifar10",
+            n_images=8,
+            batches=((1, "single"), (4, "distinct"), (8, "distinct")),
+            variants=_PRIOR_ABLATION,
+            iterations=2000,
+            restarts=4,
         ),
         SweepPreset(
             name="labels-sweep",

@@ -180,6 +180,7 @@ def run_preset(
         num_classes=num_classes,
         image_size=preset.image_size,
         width=preset.width,
+        weights=preset.weights,
         seed=seed,
     )
     for batch_size, composition in preset.batches:
