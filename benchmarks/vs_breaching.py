@@ -678,6 +678,7 @@ def main() -> None:
     parser.add_argument("--bn-mode", choices=("train", "eval"), default="train")
     parser.add_argument("--seed", type=int, default=0, help="model and attack seed")
     args = parser.parse_args()
+    args.out = args.out.resolve()
     if args.iterations < 1 or args.snapshot_every < 1 or args.threads < 1:
         parser.error("--iterations, --snapshot-every and --threads must be positive")
     torch.set_num_threads(args.threads)
