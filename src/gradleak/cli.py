@@ -75,6 +75,9 @@ def _run(name: str, out: Path, **kwargs) -> dict:
     from gradleak.experiments import get_preset, run_preset
 
     preset = get_preset(name)
+    model = kwargs.pop("model", None)
+    if model is not None:
+        preset = _with_model(preset, model)
     console.print(f"[bold]{preset.name}[/]: {preset.description}")
     with _progress() as factory:
         results = run_preset(preset, out, progress=factory, **kwargs)
@@ -82,6 +85,20 @@ def _run(name: str, out: Path, **kwargs) -> dict:
     written = [out / n for n in ("results.json", "table.md", "overview.png", "overview.gif")]
     console.print("written: " + ", ".join(str(p) for p in written if p.exists()))
     return results
+
+
+def _with_model(preset, model: str):
+    """``preset`` on another registered model, with the same kind of weights."""
+    import dataclasses
+
+    from gradleak.experiments.presets import SweepPreset
+    from gradleak.models import list_models
+
+    if isinstance(preset, SweepPreset):
+        raise GradleakError(f"preset {preset.name!r} chooses its own models; drop --model")
+    if model not in list_models():
+        raise GradleakError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
+    return dataclasses.replace(preset, model=model)
 
 
 @app.command()
@@ -102,11 +119,13 @@ def run(
     iterations: int = typer.Option(None, min=1, help="Optimizer steps per attack."),
     restarts: int = typer.Option(None, min=1, help="Random restarts per attack."),
     seed: int = typer.Option(0, help="Random seed (model init and attacks)."),
+    model: str = typer.Option(None, help="Attack another registered model (e.g. resnet56)."),
 ) -> None:
     """Run one of the reference write-up's experiments; resumes an interrupted run."""
     _run(
         preset,
-        out or Path("runs") / preset,
+        out or Path("runs") / (preset if model is None else f"{preset}-{model}"),
+        model=model,
         images=images,
         n_images=n_images,
         iterations=iterations,

@@ -248,7 +248,9 @@ class FCUnmix(Attack):
 
         # Keep the restart whose images best explain the whole observed gradient.
         simulator = ClientSimulator(model)
-        distance = GradientDistance("cosine", [observation.gradients[n] for n in simulator.names])
+        distance = GradientDistance(
+            "cosine", [observation.gradients[n] for n in simulator.names], precise=True
+        )
         candidates = torch.stack([images_of(c) for c, _, _ in runs])
         with torch.no_grad():
             distances = distance(simulator.gradients(candidates, labels.expand(len(runs), -1)))
@@ -305,9 +307,10 @@ def _random_start(basis: torch.Tensor, model: ImageClassifier, generator) -> tor
 def _refine(images, labels, simulator, distance, settings):
     """Gradient-matching polish from the unmixed images (cosine + TV, boxed pixels, Adam).
     Returns the iterate with the lowest gradient distance and that distance."""
-    pixels = Pixels((1, *images.shape), init="gray", boxed=True)
+    model = simulator.model
+    pixels = Pixels((1, *images.shape), init="gray", boxed=True, mean=model.mean, std=model.std)
     with torch.no_grad():
-        pixels.data.copy_(images[None])
+        pixels.data.copy_((images[None] - model.mean) / model.std)
     optimizer = torch.optim.Adam(pixels.parameters(), lr=settings.refine_lr)
     best, best_distance = images.clone(), float("inf")
     iterations = settings.refine_iterations
@@ -320,7 +323,7 @@ def _refine(images, labels, simulator, distance, settings):
             break
         loss = (dist + settings.refine_tv * total_variation(candidate)).sum()
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward(inputs=pixels.parameters())
         optimizer.step()
         pixels.project_()
     return best, best_distance

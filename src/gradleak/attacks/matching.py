@@ -264,7 +264,7 @@ def _make_step(settings: MatchingSettings, variables, objective, pixels: Pixels)
             optimizer.zero_grad()
             loss = objective().sum()
             if torch.isfinite(loss):
-                loss.backward()
+                loss.backward(inputs=variables)
             return loss
 
         def lbfgs_step(_iteration: int) -> torch.Tensor:
@@ -280,7 +280,7 @@ def _make_step(settings: MatchingSettings, variables, objective, pixels: Pixels)
     def adam_step(_iteration: int) -> torch.Tensor:
         optimizer.zero_grad()
         loss = objective().sum()
-        loss.backward()
+        loss.backward(inputs=variables)
         if settings.signed:
             for v in variables:
                 v.grad.sign_()

@@ -2,10 +2,12 @@
 
 Given candidate images of shape (R, B, C, H, W) (R restarts of a batch of B), the simulator
 returns the R per-parameter gradients the client would have sent for each candidate, differentiable
-with respect to the candidates. Restarts are vectorized with ``torch.func.vmap`` over
-``torch.func.grad`` of a ``functional_call``; models that vmap cannot handle fall back to an exact
-loop over restarts. On request the same forward pass also reports the batch statistics entering
-every BatchNorm layer (GradInversion's BN prior), at no extra forward cost.
+with respect to the candidates. Several restarts are vectorized with ``torch.func.vmap`` over
+``torch.func.grad`` of a ``functional_call``; a single restart (and models that vmap cannot handle)
+takes plain double-backward autograd, which costs less per call on deep models. Callers
+differentiate with ``backward(inputs=...)`` so that no gradient flows into the model's weights.
+On request the same forward pass also reports the batch statistics entering every BatchNorm
+layer (GradInversion's BN prior), at no extra forward cost.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class ClientSimulator:
         self.model = copy.deepcopy(model)
         for p in self.model.parameters():
             p.requires_grad_(False)
+        for p in self.model.net.parameters():
+            p.requires_grad_(True)  # for the autograd path; the vmap path uses detached copies
         layers = batchnorm_layers(self.model)
         if batch_statistics and not layers:
             raise GradleakError("the BatchNorm prior needs a model with BatchNorm layers")
@@ -73,6 +77,7 @@ class ClientSimulator:
                 layer.register_forward_hook(self._capture)
         self.names = [name for name, _ in self.model.net.named_parameters()]
         self.params = {f"net.{n}": p.detach() for n, p in self.model.net.named_parameters()}
+        self.weights = [p for _, p in self.model.net.named_parameters()]
         self.vectorize = vectorize
 
     def _capture(self, _module, inputs, _output) -> None:
@@ -91,6 +96,15 @@ class ClientSimulator:
         grads, statistics = grad(self._loss, has_aux=True)(self.params, images, labels)
         return tuple(grads[f"net.{n}"] for n in self.names), statistics
 
+    def _single_autograd(self, images: torch.Tensor, labels: torch.Tensor):
+        with torch.enable_grad():
+            self._captured = []
+            loss = soft_cross_entropy(self.model(images), labels)
+            statistics = tuple(self._captured)
+            self._captured = []
+            grads = torch.autograd.grad(loss, self.weights, create_graph=True)
+        return grads, statistics
+
     def simulate(
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[tuple[torch.Tensor, ...], BatchStatistics]:
@@ -108,7 +122,7 @@ class ClientSimulator:
                     f"vmap over restarts failed ({err}); falling back to a loop", stacklevel=2
                 )
                 self.vectorize = False
-        per_restart = [self._single(x, y) for x, y in zip(images, labels, strict=True)]
+        per_restart = [self._single_autograd(x, y) for x, y in zip(images, labels, strict=True)]
         grads = tuple(
             torch.stack(parts) for parts in zip(*(g for g, _ in per_restart), strict=True)
         )
