@@ -103,6 +103,20 @@ def test_vmapped_restarts_equal_loop(cifar10):
         torch.testing.assert_close(g[0], obs.gradients[name], rtol=1e-5, atol=1e-7)
 
 
+def test_simulated_gradients_are_differentiable_in_the_images_only(cifar10):
+    """One restart (plain autograd) and several (vmap) give the images a gradient and leave the
+    model's weights untouched."""
+    obs = observe(build_model("lenet", seed=0), cifar10.images[:1], cifar10.labels[:1])
+    simulator = ClientSimulator(obs.build_model())
+    distance = GradientDistance("cosine", [obs.gradients[n] for n in simulator.names])
+    for restarts in (1, 3):
+        images = torch.rand(restarts, 1, 3, 32, 32, requires_grad=True)
+        grads = simulator.gradients(images, obs.labels.expand(restarts, 1))
+        distance(grads).sum().backward(inputs=[images])
+        assert images.grad is not None and float(images.grad.abs().sum()) > 0
+        assert all(w.grad is None for w in simulator.weights)
+
+
 def test_batchnorm_model_in_train_mode_replays_client(cifar10):
     model = build_model("resnet20", seed=0)
     obs = observe(model, cifar10.images[:2], cifar10.labels[:2], bn_mode="train")
@@ -118,12 +132,13 @@ def test_cosine_distance_matches_definition():
     generator = torch.Generator().manual_seed(0)
     target = [torch.randn(4, 3, generator=generator), torch.randn(5, generator=generator)]
     candidate = [torch.randn(2, 4, 3, generator=generator), torch.randn(2, 5, generator=generator)]
-    got = GradientDistance("cosine", target)(candidate)
     flat_t = torch.cat([t.flatten() for t in target])
-    for r in range(2):
-        flat_c = torch.cat([c[r].flatten() for c in candidate])
-        expected = 1 - torch.nn.functional.cosine_similarity(flat_c, flat_t, dim=0)
-        torch.testing.assert_close(got[r], expected)
+    for precise in (False, True):
+        got = GradientDistance("cosine", target, precise=precise)(candidate)
+        for r in range(2):
+            flat_c = torch.cat([c[r].flatten() for c in candidate])
+            expected = 1 - torch.nn.functional.cosine_similarity(flat_c, flat_t, dim=0)
+            torch.testing.assert_close(got[r], expected)
     l2 = GradientDistance("l2", target)(candidate)
     torch.testing.assert_close(
         l2[0], sum(((c[0] - t) ** 2).sum() for c, t in zip(candidate, target, strict=True))
