@@ -6,6 +6,11 @@ folder), then writes ``benchmarks/results/seed_cases.json`` and ``seed_cases.md`
 
     python benchmarks/seed_cases.py [--out benchmarks/results] [--presets a,b] [--iterations N]
 
+Other presets are benchmarked the same way under another name, e.g. the prior ablation:
+
+    python benchmarks/seed_cases.py --presets priors-ablation --iterations 400 --restarts 2 \
+        --name priors_ablation
+
 Each preset's run folder (``OUT/runs/PRESET``) holds its own results.json and figures; an
 interrupted benchmark resumes where it stopped. Set GRADLEAK_SHARED_DATA to the data folder if it
 is not found automatically.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -33,15 +39,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--restarts", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="seed_cases", help="stem of the JSON/Markdown files")
     args = parser.parse_args()
 
-    rows, report = [], {"benchmark": "seed_cases", "versions": environment(), "presets": {}}
+    command = "python benchmarks/seed_cases.py " + " ".join(sys.argv[1:])
+    rows, report = (
+        [],
+        {
+            "benchmark": args.name,
+            "command": command.strip(),
+            "versions": environment(),
+            "presets": {},
+        },
+    )
     for name in args.presets.split(","):
         preset = get_preset(name)
         start = time.perf_counter()
         results = run_preset(
-            preset, args.out / "runs" / name, iterations=args.iterations, seed=args.seed
+            preset,
+            args.out / "runs" / name,
+            iterations=args.iterations,
+            restarts=args.restarts,
+            seed=args.seed,
         )
         report["presets"][name] = {
             "settings": results["settings"],
@@ -58,8 +79,8 @@ def main() -> None:
                     c for c in cases if (len(c["images"]), c["composition"]) == (size, composition)
                 ]
                 rows.append(_row(name, variant, f"{composition}, B={size}", part))
-        write_json(args.out / "seed_cases.json", report)
-        (args.out / "seed_cases.md").write_text(_markdown(rows, report))
+        write_json(args.out / f"{args.name}.json", report)
+        (args.out / f"{args.name}.md").write_text(_markdown(rows, report))
         print(json.dumps({name: report["presets"][name]["summary"]}, indent=1))
 
 
@@ -88,7 +109,9 @@ def _row(preset: str, variant: str, composition: str, cases: list[dict]) -> dict
 def _markdown(rows: list[dict], report: dict) -> str:
     versions = report["versions"]
     lines = [
-        "# Seed cases (reference write-up experiments)",
+        f"# {report['benchmark']}: presets on real images",
+        "",
+        f"`{report['command']}`",
         "",
         f"torch {versions['torch']}, {versions['torch_threads']} threads, "
         f"{versions['cpu_count']} CPUs, {versions['platform']}",

@@ -175,6 +175,7 @@ PRESETS: dict[str, Preset | SweepPreset] = {
             weights="pretrained",
             data="cifar10",
             n_images=8,
+            one_per_class=True,
             batches=((1, "single"), (4, "distinct"), (8, "distinct")),
             variants=_PRIOR_ABLATION,
             iterations=2000,
