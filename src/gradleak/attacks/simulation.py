@@ -123,6 +123,11 @@ class ClientSimulator:
                 )
                 self.vectorize = False
         per_restart = [self._single_autograd(x, y) for x, y in zip(images, labels, strict=True)]
+        if len(per_restart) == 1:  # views, not a copy of every gradient
+            grads, statistics = per_restart[0]
+            return tuple(g.unsqueeze(0) for g in grads), [
+                (m.unsqueeze(0), v.unsqueeze(0)) for m, v in statistics
+            ]
         grads = tuple(
             torch.stack(parts) for parts in zip(*(g for g, _ in per_restart), strict=True)
         )
