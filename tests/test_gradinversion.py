@@ -148,7 +148,8 @@ def test_bn_prior_pulls_the_batch_statistics_toward_the_running_ones(resnet20, c
 
     def bn_distance(bn: float) -> float:
         rec = GradInversion(bn=bn, restarts=1, warmup=0)(obs, iterations=25, seed=0)
-        _, statistics = simulator.simulate(rec.images[None], rec.labels[None])
+        with torch.no_grad():
+            _, statistics = simulator.simulate(rec.images[None], rec.labels[None])
         return float(batchnorm_distance(statistics, simulator.running_statistics)[0])
 
     with_prior, without = bn_distance(0.1), bn_distance(0.0)
