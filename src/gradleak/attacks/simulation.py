@@ -97,12 +97,15 @@ class ClientSimulator:
         return tuple(grads[f"net.{n}"] for n in self.names), statistics
 
     def _single_autograd(self, images: torch.Tensor, labels: torch.Tensor):
+        differentiable = torch.is_grad_enabled()  # under no_grad: plain gradients, no graph
         with torch.enable_grad():
             self._captured = []
             loss = soft_cross_entropy(self.model(images), labels)
             statistics = tuple(self._captured)
             self._captured = []
-            grads = torch.autograd.grad(loss, self.weights, create_graph=True)
+            grads = torch.autograd.grad(loss, self.weights, create_graph=differentiable)
+        if not differentiable:
+            statistics = tuple((m.detach(), v.detach()) for m, v in statistics)
         return grads, statistics
 
     def simulate(
