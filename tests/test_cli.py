@@ -114,6 +114,17 @@ def test_unknown_preset_error_is_exactly_one_line(unknown_preset):
 
 
 # ---------------------------------------------------------------------- errors (in-process)
+def test_run_on_another_model_names_the_problem(monkeypatch, capsys, tmp_path):
+    code, _, err = call_main(
+        monkeypatch, capsys, "run", "priors-ablation", "--model", "nosuch", "--out", tmp_path
+    )
+    assert code == 2 and "unknown model 'nosuch'" in one_error_line(err)
+    code, _, err = call_main(
+        monkeypatch, capsys, "run", "labels-sweep", "--model", "lenet", "--out", tmp_path
+    )
+    assert code == 2 and "chooses its own models" in one_error_line(err)
+
+
 def test_unknown_model_exits_2(monkeypatch, capsys, photos, tmp_path):
     out = tmp_path / "obs.safetensors"
     code, _, err = call_main(
