@@ -235,11 +235,12 @@ class _ImagePrior:
     def __call__(self, images: torch.Tensor, statistics) -> torch.Tensor:
         s = self.settings
         total = images.new_zeros(len(images))
-        normalized = (images - self.mean) / self.std  # the priors see what the model sees
-        if s.tv:
-            total = total + s.tv * total_variation(normalized)
-        if s.l2:
-            total = total + s.l2 * image_norm(normalized)
+        if s.tv or s.l2:
+            normalized = (images - self.mean) / self.std  # the priors see what the model sees
+            if s.tv:
+                total = total + s.tv * total_variation(normalized)
+            if s.l2:
+                total = total + s.l2 * image_norm(normalized)
         if s.bn:
             total = total + s.bn * batchnorm_distance(statistics, self.running)
         if self.group is not None:

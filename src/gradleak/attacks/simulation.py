@@ -33,6 +33,11 @@ def soft_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return -(labels.softmax(-1) * logits.log_softmax(-1)).sum(-1).mean()
 
 
+def _stack(parts) -> torch.Tensor:
+    """Stack per-restart tensors; a single one becomes a view, not a copy."""
+    return parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)
+
+
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
@@ -85,12 +90,18 @@ class ClientSimulator:
         dims = [0, *range(2, features.dim())]
         self._captured.append((features.mean(dims), features.var(dims, unbiased=False)))
 
-    def _loss(self, params: dict, images: torch.Tensor, labels: torch.Tensor):
+    def _traced_loss(self, logits_of, images: torch.Tensor, labels: torch.Tensor):
+        """The client's loss and the BN input statistics its forward pass traced."""
         self._captured = []
-        loss = soft_cross_entropy(functional_call(self.model, params, (images,)), labels)
+        loss = soft_cross_entropy(logits_of(images), labels)
         statistics = tuple(self._captured)
         self._captured = []
         return loss, statistics
+
+    def _loss(self, params: dict, images: torch.Tensor, labels: torch.Tensor):
+        return self._traced_loss(
+            lambda x: functional_call(self.model, params, (x,)), images, labels
+        )
 
     def _single(self, images: torch.Tensor, labels: torch.Tensor):
         grads, statistics = grad(self._loss, has_aux=True)(self.params, images, labels)
@@ -99,10 +110,7 @@ class ClientSimulator:
     def _single_autograd(self, images: torch.Tensor, labels: torch.Tensor):
         differentiable = torch.is_grad_enabled()  # under no_grad: plain gradients, no graph
         with torch.enable_grad():
-            self._captured = []
-            loss = soft_cross_entropy(self.model(images), labels)
-            statistics = tuple(self._captured)
-            self._captured = []
+            loss, statistics = self._traced_loss(self.model, images, labels)
             grads = torch.autograd.grad(loss, self.weights, create_graph=differentiable)
         if not differentiable:
             statistics = tuple((m.detach(), v.detach()) for m, v in statistics)
@@ -126,16 +134,9 @@ class ClientSimulator:
                 )
                 self.vectorize = False
         per_restart = [self._single_autograd(x, y) for x, y in zip(images, labels, strict=True)]
-        if len(per_restart) == 1:  # views, not a copy of every gradient
-            grads, statistics = per_restart[0]
-            return tuple(g.unsqueeze(0) for g in grads), [
-                (m.unsqueeze(0), v.unsqueeze(0)) for m, v in statistics
-            ]
-        grads = tuple(
-            torch.stack(parts) for parts in zip(*(g for g, _ in per_restart), strict=True)
-        )
+        grads = tuple(_stack(parts) for parts in zip(*(g for g, _ in per_restart), strict=True))
         statistics = [
-            (torch.stack([m for m, _ in layer]), torch.stack([v for _, v in layer]))
+            (_stack([m for m, _ in layer]), _stack([v for _, v in layer]))
             for layer in zip(*(s for _, s in per_restart), strict=True)
         ]
         return grads, statistics
