@@ -12,7 +12,9 @@ lowest gradient distance is returned.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -117,11 +119,61 @@ class _BestIterates:
         return int(torch.nan_to_num(self.distance, nan=torch.inf).argmin())
 
 
+@dataclass
+class Stage:
+    """One phase of the optimization: what is optimized, for how many steps, at what step size.
+
+    ``parameterization`` is any object with ``parameters() -> list[Tensor]`` (the variables),
+    ``images() -> (R, B, C, H, W)`` pixels differentiable in them, and ``project_()`` (applied
+    after every step): free pixels, a generator's latent or weights, an untrained network.
+    """
+
+    parameterization: object
+    iterations: int
+    lr: float | None = None
+    name: str = ""
+
+
+@dataclass
+class MatchingContext:
+    """What a stage-building attack may use: the attacker's view and the run's settings."""
+
+    observation: Observation
+    model: ImageClassifier
+    batch_size: int
+    settings: MatchingSettings
+    generator: torch.Generator
+
+    def pixels(self, init: str | torch.Tensor | None = None) -> Pixels:
+        """Free pixels for every restart, initialized as the settings say (or from ``init``)."""
+        s = self.settings
+        return Pixels(
+            (s.restarts, self.batch_size, *self.model.input_shape),
+            init=s.init if init is None else init,
+            boxed=s.boxed,
+            generator=self.generator,
+            mean=self.model.mean,
+            std=self.model.std,
+        )
+
+
 class GradientMatchingAttack(Attack):
-    """Optimization-based gradient inversion from shared parts (see module docstring)."""
+    """Optimization-based gradient inversion from shared parts (see module docstring).
+
+    Subclasses change what is optimized by overriding :meth:`stages`; objective, priors, labels,
+    optimizer loop, best-iterate tracking and frames stay the same for every attack.
+    """
 
     name = "gradient_matching"
     defaults = MatchingSettings()
+
+    def stages(self, context: MatchingContext) -> Iterator[Stage]:
+        """The optimization's stages, in order; the default optimizes free pixels.
+
+        A generator function: code after a ``yield`` runs once that stage has finished, so a
+        later stage can start from an earlier one's variables (e.g. GIAS's latent, then weights).
+        """
+        yield Stage(context.pixels(), context.settings.iterations)
 
     def reconstruct(
         self,
@@ -140,7 +192,7 @@ class GradientMatchingAttack(Attack):
             raise GradleakError(
                 f"unknown step-size schedule {settings.schedule!r}; choose one of {SCHEDULES}"
             )
-        restarts, iterations = settings.restarts, settings.iterations
+        restarts, total = settings.restarts, settings.iterations
         strategy = resolve_strategy(settings.labels, observation)
         simulator = ClientSimulator(model, batch_statistics=settings.bn > 0)
         prior = _ImagePrior(settings, model, simulator.running_statistics)
@@ -150,61 +202,65 @@ class GradientMatchingAttack(Attack):
             settings.layer_weights,
             precise=settings.optimizer == "lbfgs",
         )
-        pixels = Pixels(
-            (restarts, batch_size, *model.input_shape),
-            init=settings.init,
-            boxed=settings.boxed,
-            generator=generator,
-            mean=model.mean,
-            std=model.std,
-        )
-        variables = pixels.parameters()
         if strategy == "joint":
             num_classes = model.config["num_classes"]
             label_logits = torch.randn(restarts, batch_size, num_classes, generator=generator)
             label_logits.requires_grad_(True)
-            variables = [*variables, label_logits]
+            extra_variables = [label_logits]
         else:
-            label_logits = None
+            label_logits, extra_variables = None, []
             labels = fixed_labels(strategy, observation, model, batch_size)
             labels = labels.expand(restarts, batch_size)
 
         best = _BestIterates(restarts)
         frames: list[torch.Tensor] = []
         history: list[float] = []
+        frame_every = max(1, total // MAX_FRAMES)
+        done = 0
+        context = MatchingContext(observation, model, batch_size, settings, generator)
+        for stage in self.stages(context):
+            parameterization = stage.parameterization
 
-        def objective() -> torch.Tensor:
-            images = pixels.images()
-            candidate_labels = label_logits if label_logits is not None else labels
-            gradients, statistics = simulator.simulate(images, candidate_labels)
-            dist = distance(gradients)
-            total = dist + prior(images, statistics)
-            best.update(total, dist, images, candidate_labels)
-            return total
+            def objective(parameterization=parameterization) -> torch.Tensor:
+                images = parameterization.images()
+                candidate_labels = label_logits if label_logits is not None else labels
+                gradients, statistics = simulator.simulate(images, candidate_labels)
+                dist = distance(gradients)
+                total_objective = dist + prior(images, statistics)
+                best.update(total_objective, dist, images, candidate_labels)
+                return total_objective
 
-        step = _make_step(settings, variables, objective, pixels)
-        frame_every = max(1, iterations // MAX_FRAMES)
-        stale, best_seen, done = 0, float("inf"), 0
-        for it in range(iterations):
-            if prior.group is not None and it and it % settings.group_every == 0:
-                prior.group.register(pixels.images())
-            value = step(it)
-            done = it + 1
-            current = float(best.distance.min())
-            history.append(current)
-            if it % frame_every == 0 or done == iterations:
-                frames.append(best.images[best.best_restart()].clamp(0, 1).clone())
-            if callback is not None:
-                callback(done, iterations, current)
-            if not torch.isfinite(value):
-                break
-            total_best = float(best.objective.min())
-            if total_best < best_seen * (1 - 1e-6):
-                best_seen, stale = total_best, 0
-            else:
-                stale += 1
-            if settings.patience is not None and stale >= settings.patience:
-                break
+            stage_settings = dataclasses.replace(
+                settings,
+                iterations=stage.iterations,
+                lr=settings.lr if stage.lr is None else stage.lr,
+            )
+            variables = [*parameterization.parameters(), *extra_variables]
+            step = _make_step(stage_settings, variables, objective, parameterization)
+            stale, best_seen = 0, float("inf")
+            for it in range(stage.iterations):
+                if prior.group is not None and it and it % settings.group_every == 0:
+                    prior.group.register(parameterization.images().detach())
+                value = step(it)
+                done += 1
+                current = float(best.distance.min())
+                history.append(current)
+                if done % frame_every == 0 or done == 1:
+                    frames.append(best.images[best.best_restart()].clamp(0, 1).clone())
+                if callback is not None:
+                    callback(done, total, current)
+                if not torch.isfinite(value):
+                    break
+                total_best = float(best.objective.min())
+                if total_best < best_seen * (1 - 1e-6):
+                    best_seen, stale = total_best, 0
+                else:
+                    stale += 1
+                if settings.patience is not None and stale >= settings.patience:
+                    break
+        if best.images is None:
+            raise GradleakError(f"attack '{self.name}' ran no optimization step")
+        frames.append(best.images[best.best_restart()].clamp(0, 1).clone())
 
         keep = best.best_restart()
         if label_logits is not None:
@@ -248,7 +304,7 @@ class _ImagePrior:
         return total
 
 
-def _make_step(settings: MatchingSettings, variables, objective, pixels: Pixels):
+def _make_step(settings: MatchingSettings, variables, objective, parameterization):
     """One optimizer step as a function ``step(iteration) -> summed objective``."""
     if settings.optimizer == "lbfgs":
         optimizer = torch.optim.LBFGS(
@@ -270,7 +326,7 @@ def _make_step(settings: MatchingSettings, variables, objective, pixels: Pixels)
 
         def lbfgs_step(_iteration: int) -> torch.Tensor:
             loss = optimizer.step(closure)
-            pixels.project_()
+            parameterization.project_()
             return loss.detach()
 
         return lbfgs_step
@@ -287,7 +343,7 @@ def _make_step(settings: MatchingSettings, variables, objective, pixels: Pixels)
                 v.grad.sign_()
         optimizer.step()
         schedule.step()
-        pixels.project_()
+        parameterization.project_()
         return loss.detach()
 
     return adam_step

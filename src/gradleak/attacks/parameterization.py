@@ -21,7 +21,8 @@ class Pixels:
     Args:
         shape: (R, B, C, H, W).
         init: ``"randn"`` (z ~ N(0, 1): DLG, Inverting Gradients), ``"rand"`` (x uniform in
-            [0, 1]) or ``"gray"`` (x = 0.5).
+            [0, 1]), ``"gray"`` (x = 0.5), or images in [0, 1], (B, C, H, W) for every restart
+            or (R, B, C, H, W) (e.g. a learned inverter's output).
         boxed: clamp to the valid image range after every step (Inverting Gradients).
         generator: seeded random source.
         mean, std: the model's per-channel input normalization (default 0 and 1).
@@ -31,7 +32,7 @@ class Pixels:
         self,
         shape: tuple[int, ...],
         *,
-        init: str = "randn",
+        init: str | torch.Tensor = "randn",
         boxed: bool = True,
         generator: torch.Generator | None = None,
         mean: Sequence[float] | torch.Tensor | None = None,
@@ -40,7 +41,15 @@ class Pixels:
         channels = shape[-3]
         self.mean = _per_channel(mean, 0.0, channels)
         self.std = _per_channel(std, 1.0, channels)
-        if init == "randn":
+        if isinstance(init, torch.Tensor):
+            given = init.detach().float()
+            if given.shape not in (tuple(shape), tuple(shape[1:])):
+                raise GradleakError(
+                    f"initial images have shape {list(given.shape)}, expected {list(shape[1:])} "
+                    f"or {list(shape)}"
+                )
+            data = ((given.expand(shape) - self.mean) / self.std).clone()
+        elif init == "randn":
             data = torch.randn(shape, generator=generator)
         elif init == "rand":
             data = (torch.rand(shape, generator=generator) - self.mean) / self.std
