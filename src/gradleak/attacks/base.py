@@ -41,6 +41,8 @@ class Reconstruction:
         restart_distances: the same for every restart.
         history: best gradient distance over restarts at every iteration.
         frames: snapshots (B, C, H, W) of the best restart during optimization, for GIFs.
+        frame_steps: per frame, the optimizer updates behind the iterates it was chosen from
+            (0: the initialization alone; a frame is the best iterate evaluated so far).
         iterations: iterations run (may be fewer than asked when stopped early).
         seconds: wall time.
         notes: facts about the result the attack wants known (e.g. ``{"mixture": True}`` when
@@ -55,6 +57,7 @@ class Reconstruction:
     restart_distances: list[float] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
     frames: list[torch.Tensor] = field(default_factory=list)
+    frame_steps: list[int] = field(default_factory=list)
     iterations: int = 0
     seconds: float = 0.0
     notes: dict = field(default_factory=dict)
@@ -160,6 +163,7 @@ def save_reconstruction(reconstruction: Reconstruction, path: str | Path) -> Pat
         "restart_distances": reconstruction.restart_distances,
         "history": reconstruction.history,
         "iterations": reconstruction.iterations,
+        "frame_steps": reconstruction.frame_steps,
         "seconds": reconstruction.seconds,
         "notes": reconstruction.notes,
     }
@@ -203,4 +207,5 @@ def load_reconstruction(path: str | Path) -> Reconstruction:
         seconds=header.get("seconds", 0.0),
         notes=header.get("notes", {}),
         frames=list(tensors["frames"].float().div(255)) if "frames" in tensors else [],
+        frame_steps=header.get("frame_steps", []),
     )

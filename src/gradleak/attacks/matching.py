@@ -214,6 +214,7 @@ class GradientMatchingAttack(Attack):
 
         best = _BestIterates(restarts)
         frames: list[torch.Tensor] = []
+        frame_steps: list[int] = []
         history: list[float] = []
         frame_every = max(1, total // MAX_FRAMES)
         done = 0
@@ -247,6 +248,7 @@ class GradientMatchingAttack(Attack):
                 history.append(current)
                 if done % frame_every == 0 or done == 1:
                     frames.append(best.images[best.best_restart()].clamp(0, 1).clone())
+                    frame_steps.append(done - 1)
                 if callback is not None:
                     callback(done, total, current)
                 if not torch.isfinite(value):
@@ -260,7 +262,9 @@ class GradientMatchingAttack(Attack):
                     break
         if best.images is None:
             raise GradleakError(f"attack '{self.name}' ran no optimization step")
-        frames.append(best.images[best.best_restart()].clamp(0, 1).clone())
+        if not frame_steps or frame_steps[-1] != done - 1:
+            frames.append(best.images[best.best_restart()].clamp(0, 1).clone())
+            frame_steps.append(done - 1)
 
         keep = best.best_restart()
         if label_logits is not None:
@@ -275,6 +279,7 @@ class GradientMatchingAttack(Attack):
             restart_distances=[float(d) for d in best.distance],
             history=history,
             frames=frames,
+            frame_steps=frame_steps,
             iterations=done,
         )
 
