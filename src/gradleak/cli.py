@@ -1,4 +1,5 @@
-"""Command line: ``gradleak demo | run | list | observe | attack``.
+"""Command line: ``gradleak demo | run | list | observe | attack | analyze | train-prior |
+train-inverter``.
 
 The CLI only parses, shows progress and prints tables; the work is done by the library. Every
 user error prints one line ``error: ...`` and exits with status 2.
@@ -239,6 +240,14 @@ def attack(
     option: list[str] = typer.Option(
         None, "--set", help="Attack setting KEY=VALUE, e.g. --set tv=1e-3 --set distance=l2."
     ),
+    prior: Path = typer.Option(None, help="Generator from `gradleak train-prior` (gias, gifd)."),
+    inverter: Path = typer.Option(None, help="Inverter from `gradleak train-inverter` (learned)."),
+    init_only: bool = typer.Option(
+        False, "--init-only", help="learned: the inverter's output alone, no optimization."
+    ),
+    refine: str = typer.Option(
+        None, help="learned: optimization started from the inverter's output (ig)."
+    ),
 ) -> None:
     """Reconstruct the images (and labels) behind an observation."""
     from gradleak.experiments import attack_and_report
@@ -247,6 +256,7 @@ def attack(
 
     obs = load_observation(observation)
     settings = _parse_settings(option or [])
+    settings.update(_artifact_settings(method, prior, inverter, init_only, refine))
     results = ResultsFile(
         out / "results.json",
         "attack",
@@ -283,6 +293,92 @@ def attack(
     results.add({"id": method, "variant": method, **case})
     _print_results(results.as_dict())
     console.print(f"results: {out / 'results.json'}  figures: {out / 'grid.png'}")
+
+
+@app.command("train-prior")
+def train_prior(
+    images: str = typer.Option(..., help="Auxiliary images: folder, .npz, dataset name."),
+    out: Path = typer.Option(..., help="Generator file to write (.safetensors)."),
+    steps: int = typer.Option(4000, min=1, help="Training steps."),
+    size: int = typer.Option(32, min=8, help="Image size of the generator (32 or 64)."),
+    channels: int = typer.Option(3, min=1, max=3, help="Image channels: 3 (RGB) or 1 (gray)."),
+    classes: str = typer.Option(None, help="Comma-separated labels to keep (default: all)."),
+    exclude: str = typer.Option(
+        None, help="Private images never to train on (their near-copies are dropped)."
+    ),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Train a generative image prior (DCGAN) for GIAS/GIFD; resumes after an interruption."""
+    from gradleak.data import load_images
+    from gradleak.data.auxiliary import auxiliary_images
+    from gradleak.generative import train_generator
+
+    private = load_images(exclude, size=size, channels=channels) if exclude else None
+    class_list = _parse_classes(classes)
+    data = auxiliary_images(
+        images, size=size, channels=channels, classes=class_list, exclude=private
+    )
+    console.print(f"training a {size}x{size} generator on {len(data)} images of {data.source}")
+    with _training_progress("train-prior", steps) as callback:
+        train_generator(
+            data.images,
+            out=out,
+            steps=steps,
+            size=size,
+            seed=seed,
+            progress=callback,
+            private=None if private is None else private.images,
+            card={"data": str(data.source), "classes": class_list, "n_images": len(data)},
+        )
+    console.print(f"generator: {out}  card: {out}.json")
+
+
+@app.command("train-inverter")
+def train_inverter_command(
+    model: str = typer.Option(..., help="Model name (see `gradleak list`)."),
+    images: str = typer.Option(..., help="Auxiliary images: folder, .npz, dataset name."),
+    out: Path = typer.Option(..., help="Inverter file to write (.safetensors)."),
+    steps: int = typer.Option(3000, min=1, help="Training steps."),
+    batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch size N or range LOW-HIGH."),
+    weights: Path = typer.Option(None, help="Model weights (.safetensors) instead of init."),
+    image_size: int = typer.Option(32, "--image-size", min=4, help="Input size of the model."),
+    channels: int = typer.Option(3, min=1, max=3, help="Image channels: 3 (RGB) or 1 (gray)."),
+    num_classes: int = typer.Option(10, "--num-classes", min=2, help="Model outputs."),
+    exclude: str = typer.Option(
+        None, help="Private images never to train on (their near-copies are dropped)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the model's initialization and of training."),
+) -> None:
+    """Train a learned inverter (gradient -> images) for one model; resumes when interrupted."""
+    from gradleak.data import load_images
+    from gradleak.data.auxiliary import auxiliary_images
+    from gradleak.learned import train_inverter
+    from gradleak.models import build_model
+
+    sizes = _parse_batch_sizes(batch_sizes)
+    private = load_images(exclude, size=image_size, channels=channels) if exclude else None
+    data = auxiliary_images(images, size=image_size, channels=channels, exclude=private)
+    net = build_model(
+        model,
+        num_classes=num_classes,
+        in_channels=channels,
+        image_size=image_size,
+        seed=seed,
+        weights=str(weights) if weights else None,
+    )
+    console.print(f"training an inverter for {model} on {len(data)} images of {data.source}")
+    with _training_progress("train-inverter", steps) as callback:
+        train_inverter(
+            net,
+            data,
+            out=out,
+            steps=steps,
+            batch_sizes=sizes,
+            seed=seed,
+            progress=callback,
+            private=private,
+        )
+    console.print(f"inverter: {out}  card: {out}.json")
 
 
 @app.command()
@@ -327,6 +423,71 @@ def analyze(
         console.print(f"against the evaluation-only truth: {report['truth_check']}")
     if json_file is not None:
         console.print(f"report: {write_json(json_file, report)}")
+
+
+def _artifact_settings(
+    method: str, prior: Path | None, inverter: Path | None, init_only: bool, refine: str | None
+) -> dict:
+    """Attack settings from the artifact options, refusing those the method does not use."""
+    settings: dict = {}
+    if prior is not None:
+        if method not in ("gias", "gifd"):
+            raise GradleakError(f"--prior is for --method gias or gifd, not {method!r}")
+        settings["prior"] = str(prior)
+    if inverter is not None or init_only or refine is not None:
+        if method != "learned":
+            raise GradleakError(
+                f"--inverter, --init-only and --refine are for --method learned, not {method!r}"
+            )
+        if init_only and refine is not None:
+            raise GradleakError("--init-only and --refine exclude each other")
+        if inverter is not None:
+            settings["inverter"] = str(inverter)
+        if init_only:
+            settings["refine"] = "none"
+        elif refine is not None:
+            settings["refine"] = refine
+    return settings
+
+
+@contextmanager
+def _training_progress(description: str, total: int):
+    """A rich progress bar for a training run; yields ``callback(done, total, values)``."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[values]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task(description, total=total, values="")
+
+        def callback(done: int, total_: int, values: dict) -> None:
+            text = "  ".join(f"{k} {float(v):.4g}" for k, v in values.items())
+            bar.update(task, completed=done, total=total_, values=text)
+
+        yield callback
+
+
+def _parse_batch_sizes(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        sizes = (int(low), int(high or low))
+    except ValueError:
+        raise GradleakError(f"--batch-sizes takes N or LOW-HIGH, got {text!r}") from None
+    if not 1 <= sizes[0] <= sizes[1]:
+        raise GradleakError(f"--batch-sizes needs 1 <= LOW <= HIGH, got {text!r}")
+    return sizes
+
+
+def _parse_classes(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise GradleakError(f"--classes must be comma-separated integers, got {text!r}") from None
 
 
 def _parse_settings(pairs: list[str]) -> dict:

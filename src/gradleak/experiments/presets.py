@@ -182,6 +182,22 @@ PRESETS: dict[str, Preset | SweepPreset] = {
             restarts=4,
         ),
         SweepPreset(
+            name="learned-inversion",
+            description=(
+                "Learned inverter (LeNet, CIFAR-10) vs Inverting Gradients at batch 1/4/8, as "
+                "IG's start, under noise/pruning and FedAvg drift; batch size from gradients"
+            ),
+            runner="gradleak.experiments.learned_inversion:run_learned_inversion",
+        ),
+        SweepPreset(
+            name="prior-shift",
+            description=(
+                "GIAS and GIFD with generative priors trained in-distribution, on other classes "
+                "and another data set, vs the data-free DIP and Inverting Gradients (LeNet)"
+            ),
+            runner="gradleak.experiments.prior_shift:run_prior_shift",
+        ),
+        SweepPreset(
             name="labels-sweep",
             description=(
                 "Batch label recovery and batch-size estimation vs batch size "
