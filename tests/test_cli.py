@@ -147,6 +147,35 @@ def test_unknown_attack_method_exits_2(monkeypatch, capsys, observation_file, tm
     assert not (out / "results.json").exists()
 
 
+def test_artifact_options_that_do_not_fit_the_method_exit_2(
+    monkeypatch, capsys, observation_file, tmp_path
+):
+    cases = [
+        (("--method", "inverting_gradients", "--prior", "g.safetensors"), "--prior is for"),
+        (("--method", "dlg", "--inverter", "i.safetensors"), "are for --method learned"),
+        (("--method", "learned", "--init-only", "--refine", "ig"), "exclude each other"),
+    ]
+    for options, message in cases:
+        code, _, err = call_main(
+            monkeypatch, capsys, "attack", observation_file, *options, "--out", tmp_path
+        )
+        assert code == 2 and message in one_error_line(err)
+
+
+def test_training_commands_refuse_bad_arguments(monkeypatch, capsys, photos, tmp_path):
+    out = tmp_path / "inv.safetensors"
+    code, _, err = call_main(
+        monkeypatch, capsys, "train-inverter", "--model", "lenet", "--images", photos,
+        "--out", out, "--batch-sizes", "8-2",
+    )  # fmt: skip
+    assert code == 2 and "1 <= LOW <= HIGH" in one_error_line(err)
+    code, _, err = call_main(
+        monkeypatch, capsys, "train-prior", "--images", photos, "--out", out, "--classes", "a"
+    )
+    assert code == 2 and "--classes must be comma-separated" in one_error_line(err)
+    assert not out.exists()
+
+
 def test_undecodable_image_exits_2_naming_the_file(monkeypatch, capsys, photos, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
