@@ -9,18 +9,34 @@ from gradleak.attacks.base import (
     save_reconstruction,
 )
 from gradleak.attacks.bias import BiasAttack
+from gradleak.attacks.dip import DeepImagePrior
 from gradleak.attacks.dlg import DLG
 from gradleak.attacks.fc_unmix import FCUnmix
+from gradleak.attacks.gias import GIAS
+from gradleak.attacks.gifd import GIFD
 from gradleak.attacks.gradinversion import GradInversion
 from gradleak.attacks.idlg import IDLG
 from gradleak.attacks.inverting_gradients import InvertingGradients
+from gradleak.attacks.learned_inversion import LearnedInversion
 from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
 from gradleak.attacks.rgap import RGAP
 from gradleak.errors import GradleakError
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
-    for cls in (DLG, IDLG, InvertingGradients, GradInversion, BiasAttack, RGAP, FCUnmix)
+    for cls in (
+        DLG,
+        IDLG,
+        InvertingGradients,
+        GradInversion,
+        BiasAttack,
+        RGAP,
+        FCUnmix,
+        GIAS,
+        GIFD,
+        DeepImagePrior,
+        LearnedInversion,
+    )
 }
 
 
@@ -42,6 +58,9 @@ def get_attack(name: str, **settings) -> Attack:
 __all__ = [
     "ATTACKS",
     "DLG",
+    "DeepImagePrior",
+    "GIAS",
+    "GIFD",
     "FCUnmix",
     "GradInversion",
     "IDLG",
@@ -49,6 +68,7 @@ __all__ = [
     "BiasAttack",
     "GradientMatchingAttack",
     "InvertingGradients",
+    "LearnedInversion",
     "MatchingSettings",
     "RGAP",
     "Reconstruction",

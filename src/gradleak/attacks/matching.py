@@ -228,6 +228,8 @@ class GradientMatchingAttack(Attack):
                 gradients, statistics = simulator.simulate(images, candidate_labels)
                 dist = distance(gradients)
                 total_objective = dist + prior(images, statistics)
+                if hasattr(parameterization, "penalty"):  # e.g. GIAS's weight regularizer (R,)
+                    total_objective = total_objective + parameterization.penalty()
                 best.update(total_objective, dist, images, candidate_labels)
                 return total_objective
 
