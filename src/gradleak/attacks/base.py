@@ -103,7 +103,7 @@ class Attack:
             callback: progress callback, called once per iteration.
         """
         view = observation.attacker_view()
-        size = view.known_batch_size or batch_size
+        size = view.known_batch_size or batch_size or self.guess_batch_size(view)
         if size is None:
             raise GradleakError(
                 "the threat model hides the batch size; pass batch_size= (or --batch-size)"
@@ -123,6 +123,11 @@ class Attack:
         result.seconds = time.perf_counter() - start
         result.settings = {"attack": self.name, "seed": seed, **dataclasses.asdict(settings)}
         return result
+
+    def guess_batch_size(self, observation: Observation) -> int | None:
+        """The attack's own guess of a hidden batch size (None: it has none, the caller must
+        pass one)."""
+        return None
 
     def reconstruct(
         self,

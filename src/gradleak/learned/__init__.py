@@ -1,0 +1,27 @@
+"""Learned inversion (Learning to Invert, Wu et al., UAI 2023): feature hashing of gradients and
+an MLP trained on auxiliary data to map a fixed model's gradient to the client's batch."""
+
+from gradleak.learned.hashing import FeatureHasher, flatten_gradients
+from gradleak.learned.inverter import (
+    GradientEncoder,
+    Inverter,
+    InverterNet,
+    assignment_loss,
+    load_inverter,
+    model_fingerprint,
+    weight_drift,
+)
+from gradleak.learned.training import train_inverter
+
+__all__ = [
+    "FeatureHasher",
+    "GradientEncoder",
+    "Inverter",
+    "InverterNet",
+    "assignment_loss",
+    "flatten_gradients",
+    "load_inverter",
+    "model_fingerprint",
+    "train_inverter",
+    "weight_drift",
+]
