@@ -45,7 +45,7 @@ class DeepImagePrior(GradientMatchingAttack):
     """
 
     name = "dip"
-    defaults = from_inverting_gradients(DIPSettings, lr=0.01, signed=False, tv=0.0, iterations=600)
+    defaults = from_inverting_gradients(DIPSettings, lr=0.001, signed=False, tv=0.0, iterations=600)
 
     def stages(self, context: MatchingContext) -> Iterator[Stage]:
         s = context.settings

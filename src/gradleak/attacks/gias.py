@@ -44,7 +44,7 @@ class GIASSettings(MatchingSettings):
 
     prior: str = ""
     latent_fraction: float = 0.5
-    weight_lr: float = 1e-3
+    weight_lr: float = 3e-4
     weight_penalty: float = 1e-4
 
 
@@ -61,7 +61,7 @@ class GIAS(GradientMatchingAttack):
     """
 
     name = "gias"
-    defaults = from_inverting_gradients(GIASSettings, lr=0.03, signed=False, tv=0.0, iterations=600)
+    defaults = from_inverting_gradients(GIASSettings, lr=0.1, signed=False, tv=0.0, iterations=600)
 
     def stages(self, context: MatchingContext) -> Iterator[Stage]:
         s = context.settings

@@ -49,7 +49,7 @@ class GIFDSettings(MatchingSettings):
     latent_fraction: float = 0.4
     layers: int = 3
     radii: tuple[float, ...] = (0.3, 0.3, 0.3)
-    feature_lr: float = 0.01
+    feature_lr: float = 0.03
 
 
 class GIFD(GradientMatchingAttack):
@@ -65,7 +65,7 @@ class GIFD(GradientMatchingAttack):
     """
 
     name = "gifd"
-    defaults = from_inverting_gradients(GIFDSettings, lr=0.03, signed=False, tv=0.0, iterations=600)
+    defaults = from_inverting_gradients(GIFDSettings, lr=0.1, signed=False, tv=0.0, iterations=600)
 
     def stages(self, context: MatchingContext) -> Iterator[Stage]:
         s = context.settings
