@@ -6,8 +6,9 @@ the discriminator minimizes ``softplus(-D(x)) + softplus(D(G(z)))``, the generat
 horizontally at random. The loop is :func:`gradleak.learning.train` (resumable, bit-identical);
 the result is an artifact of kind ``"generator"`` (safetensors + JSON card).
 
-On 1 CPU thread the default 32x32 generator (width 48, latent 100) trains at about 3.7 steps of
-64 images per second: ~3,300 steps in 15 minutes.
+On 1 CPU thread a step of the default 32x32 generator (width 48, latent 100, batch 64) takes
+about 0.25 s; 2,700 steps on 2,992 CIFAR-10 images of 3 classes (15 minutes on a shared machine)
+give samples with recognizable ships and planes.
 """
 
 from __future__ import annotations
