@@ -32,8 +32,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     defaults = LearnedInversionSettings()
-    for field in ("train_steps", "range_train_steps", "iterations", "defense_images",
-                  "size_trials", "n_images", "seed"):  # fmt: skip
+    for field in ("train_steps", "batch_train_steps", "range_train_steps", "iterations",
+                  "defense_images", "size_trials", "n_images", "seed"):  # fmt: skip
         parser.add_argument(
             f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field)
         )

@@ -49,8 +49,11 @@ class LearnedInversionSettings:
     held_out: int = 1000
     batch_sizes: tuple[int, ...] = (1, 4, 8)
     max_batch: int = 16
-    train_steps: int = 6000
-    range_train_steps: int = 6000
+    train_steps: int = 8000
+    batch_train_steps: int = 4000
+    range_train_steps: int = 3000
+    hidden: int = 1024
+    batch_hidden: int = 512
     iterations: int = 1000
     restarts: int = 1
     defense_images: int = 8
@@ -93,16 +96,22 @@ def run_learned_inversion(
     model = build_model(s.model, seed=s.seed)
 
     def inverter(name: str, sizes: tuple[int, int], steps: int):
+        # One output slot per image: wider batches get narrower hidden layers to stay in budget.
+        hidden = s.hidden if sizes[1] == 1 else s.batch_hidden
+
         def train(path: Path):
             train_inverter(
-                model, training, out=path, steps=steps, batch_sizes=sizes, seed=s.seed,
-                private=private,
+                model, training, out=path, steps=steps, batch_sizes=sizes, hidden=hidden,
+                seed=s.seed, private=private,
             )  # fmt: skip
 
         return str(study.artifact(name, train, {"steps": steps}))
 
     sizes = dict.fromkeys((1, *s.batch_sizes))
-    fixed = {b: inverter(f"inverter-b{b}", (b, b), s.train_steps) for b in sizes}
+    fixed = {
+        b: inverter(f"inverter-b{b}", (b, b), s.train_steps if b == 1 else s.batch_train_steps)
+        for b in sizes
+    }
     ranged = load_inverter(
         inverter(f"inverter-b1-{s.max_batch}", (1, s.max_batch), s.range_train_steps)
     )
