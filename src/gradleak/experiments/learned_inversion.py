@@ -32,8 +32,9 @@ from gradleak.defenses import apply_defense
 from gradleak.experiments.runner import make_batches
 from gradleak.experiments.study import ProgressFactory, Study, steps_to_reach
 from gradleak.models import build_model
+from gradleak.models.weights import weight_drift
 from gradleak.threat import observe
-from gradleak.threat.fedavg import fedavg_rounds, weight_drift
+from gradleak.threat.fedavg import fedavg_rounds
 
 PRESET = "learned-inversion"
 
@@ -175,7 +176,7 @@ def run_learned_inversion(
     )  # fmt: skip
     for k in s.drift_rounds:
         drifted = rounds[k]
-        drift = weight_drift(model, drifted)
+        drift = weight_drift(drifted.net.state_dict(), model.net.state_dict())
         for i in range(min(s.defense_images, len(private))):
             observation = observe(drifted, private.images[i : i + 1], private.labels[i : i + 1])
             attack_all(

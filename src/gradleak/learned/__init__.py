@@ -8,10 +8,9 @@ from gradleak.learned.inverter import (
     InverterNet,
     assignment_loss,
     load_inverter,
-    model_fingerprint,
-    weight_drift,
 )
 from gradleak.learned.training import train_inverter
+from gradleak.models.weights import model_fingerprint, weight_drift
 
 __all__ = [
     "FeatureHasher",

@@ -20,7 +20,6 @@ Batches (B > 1): the MLP has Bmax output slots, nested so that a batch of B fill
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,7 @@ from torch import nn
 from gradleak.errors import GradleakError
 from gradleak.learned.hashing import FeatureHasher, flatten_gradients
 from gradleak.learning import load_artifact
+from gradleak.models.weights import weight_drift
 from gradleak.report.results import json_safe
 from gradleak.threat import Observation
 
@@ -241,31 +241,6 @@ def assignment_loss(
         - flat_t[rows_t, torch.from_numpy(np.concatenate(target_index))]
     )
     return error.pow(2).mean(), order
-
-
-def model_fingerprint(weights: dict[str, torch.Tensor]) -> str:
-    """sha256 over the model's floating-point tensors (name and float32 bytes, sorted by name)."""
-    digest = hashlib.sha256()
-    for name in sorted(weights):
-        value = weights[name]
-        if value.is_floating_point():
-            digest.update(name.encode())
-            digest.update(value.detach().float().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def weight_norm(weights: dict[str, torch.Tensor]) -> float:
-    squares = (float(v.float().pow(2).sum()) for v in weights.values() if v.is_floating_point())
-    return math.sqrt(sum(squares))
-
-
-def weight_drift(observed: dict[str, torch.Tensor], trained: dict[str, torch.Tensor]) -> float:
-    """``||w_obs - w_train|| / ||w_train||`` over the trained model's floating-point tensors."""
-    squared = 0.0
-    for name, value in trained.items():
-        if value.is_floating_point() and name in observed:
-            squared += float((observed[name].float() - value.float()).pow(2).sum())
-    return math.sqrt(squared) / max(weight_norm(trained), 1e-30)
 
 
 def inverter_tensors(inverter: Inverter) -> dict[str, torch.Tensor]:

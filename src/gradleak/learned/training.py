@@ -33,12 +33,11 @@ from gradleak.learned.inverter import (
     InverterNet,
     assignment_loss,
     inverter_tensors,
-    model_fingerprint,
-    weight_norm,
 )
 from gradleak.learning import save_artifact, train
 from gradleak.learning.trainer import TrainProgress
 from gradleak.models import ImageClassifier
+from gradleak.models.weights import model_fingerprint, weight_norm
 from gradleak.report.results import json_safe
 
 EVAL_BATCHES = 512

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -77,3 +80,29 @@ def _check_model(model) -> None:
 def _first(items: list[str], n: int = 3) -> str:
     more = f" (+{len(items) - n} more)" if len(items) > n else ""
     return ", ".join(items[:n]) + more
+
+
+def model_fingerprint(weights: dict[str, torch.Tensor]) -> str:
+    """sha256 over the model's floating-point tensors (name and float32 bytes, sorted by name)."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        value = weights[name]
+        if value.is_floating_point():
+            digest.update(name.encode())
+            digest.update(value.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weight_norm(weights: dict[str, torch.Tensor]) -> float:
+    """The l2 norm of all floating-point tensors of a state dict."""
+    squares = (float(v.float().pow(2).sum()) for v in weights.values() if v.is_floating_point())
+    return math.sqrt(sum(squares))
+
+
+def weight_drift(observed: dict[str, torch.Tensor], trained: dict[str, torch.Tensor]) -> float:
+    """``||w_obs - w_train|| / ||w_train||`` over the trained model's floating-point tensors."""
+    squared = 0.0
+    for name, value in trained.items():
+        if value.is_floating_point() and name in observed:
+            squared += float((observed[name].float() - value.float()).pow(2).sum())
+    return math.sqrt(squared) / max(weight_norm(trained), 1e-30)

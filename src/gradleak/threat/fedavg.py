@@ -61,13 +61,3 @@ def fedavg_rounds(
         }
         server.net.load_state_dict(averaged)
         yield round_index, copy.deepcopy(server)
-
-
-def weight_drift(before: ImageClassifier, after: ImageClassifier) -> float:
-    """Relative l2 distance ||w_after - w_before|| / ||w_before|| of the trainable weights."""
-    diff = sum(
-        (a.detach() - b.detach()).pow(2).sum()
-        for a, b in zip(after.net.parameters(), before.net.parameters(), strict=True)
-    )
-    norm = sum(b.detach().pow(2).sum() for b in before.net.parameters())
-    return float(torch.sqrt(diff / norm))
