@@ -18,7 +18,6 @@ the batch size predicted from the gradient.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,16 +79,12 @@ def run_learned_inversion(
     """Run the study (see the module docstring); resumable; returns ``results.json``'s content."""
     from gradleak.learned import load_inverter, train_inverter
 
-    s = settings or LearnedInversionSettings()
-    s = dataclasses.replace(
-        s,
-        data=images or s.data,
-        n_images=n_images or s.n_images,
-        iterations=iterations or s.iterations,
-        restarts=restarts or s.restarts,
-        seed=seed if settings is None else s.seed,
-    )
-    study = Study(out, PRESET, dataclasses.asdict(s), progress)
+    study = Study(
+        out, PRESET, settings or LearnedInversionSettings(), progress, images=images,
+        n_images=n_images, iterations=iterations, restarts=restarts,
+        seed=None if settings else seed,
+    )  # fmt: skip
+    s = study.settings
     private = load_images(s.data).subset(slice(0, s.n_images))
     auxiliary = auxiliary_images(s.auxiliary, exclude=private)
     held_out = auxiliary.subset(slice(len(auxiliary) - s.held_out, len(auxiliary)))

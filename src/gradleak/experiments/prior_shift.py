@@ -11,7 +11,6 @@ image prior (``dip``) and by plain Inverting Gradients (``ig``), each with the s
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,16 +71,11 @@ def run_prior_shift(
     """Run the study (see the module docstring); resumable; returns ``results.json``'s content."""
     from gradleak.generative import train_generator
 
-    s = settings or PriorShiftSettings()
-    s = dataclasses.replace(
-        s,
-        data=images or s.data,
-        n_images=n_images or s.n_images,
-        iterations=iterations or s.iterations,
-        restarts=restarts or s.restarts,
-        seed=seed if settings is None else s.seed,
-    )
-    study = Study(out, PRESET, dataclasses.asdict(s), progress)
+    study = Study(
+        out, PRESET, settings or PriorShiftSettings(), progress, images=images, n_images=n_images,
+        iterations=iterations, restarts=restarts, seed=None if settings else seed,
+    )  # fmt: skip
+    s = study.settings
     pool = load_images(s.data)
     wanted = torch.isin(pool.labels, torch.tensor(s.private_classes))
     private = pool.subset(wanted).subset(slice(0, s.n_images))

@@ -8,6 +8,7 @@ optimization attacks, and writes the Markdown table at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,17 +30,42 @@ class Study:
 
     Args:
         out: output folder (``results.json``, ``table.md``, ``cases/``, ``artifacts/``).
-        name: the preset's name; ``settings``: everything that determines the results.
+        name: the preset's name.
+        settings: the study's settings dataclass (fields ``data``, ``n_images``, ``iterations``,
+            ``restarts``, ``seed`` at least); everything that determines the results.
         progress: the CLI's progress factory, or None.
+        images, n_images, iterations, restarts, seed: the preset call's overrides (None keeps
+            the setting); the resulting settings are :attr:`settings`.
     """
 
     def __init__(
-        self, out: str | Path, name: str, settings: dict, progress: ProgressFactory | None
+        self,
+        out: str | Path,
+        name: str,
+        settings,
+        progress: ProgressFactory | None,
+        *,
+        images: str | None = None,
+        n_images: int | None = None,
+        iterations: int | None = None,
+        restarts: int | None = None,
+        seed: int | None = None,
     ):
         self.out = Path(out)
         self.name = name
+        self.settings = dataclasses.replace(
+            settings,
+            data=images or settings.data,
+            n_images=n_images or settings.n_images,
+            iterations=iterations or settings.iterations,
+            restarts=restarts or settings.restarts,
+            seed=settings.seed if seed is None else seed,
+        )
         self.results = ResultsFile(
-            self.out / "results.json", name, settings, group_keys=("variant", "group")
+            self.out / "results.json",
+            name,
+            dataclasses.asdict(self.settings),
+            group_keys=("variant", "group"),
         )
         self.progress = progress
 
