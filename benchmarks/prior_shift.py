@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--model", default=PriorShiftSettings.model)
     defaults = PriorShiftSettings()
-    for field in ("prior_steps", "iterations", "n_images", "restarts", "seed"):
+    for field in ("prior_steps", "iterations", "ig_iterations", "n_images", "restarts", "seed"):
         parser.add_argument(
             f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field)
         )

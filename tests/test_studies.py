@@ -81,10 +81,11 @@ def test_prior_shift_study_trains_priors_without_the_private_images(tmp_path, sh
         prior_steps=3,
         batch_sizes=(1, 2),
         iterations=4,
+        ig_iterations=6,
     )
     results = run_prior_shift(tmp_path, settings=settings)
     groups = results["summary"]["by_group"]
-    variants = ["ig", "dip"] + [
+    variants = ["ig", "ig (6 steps)", "dip"] + [
         f"{m} ({p})" for p in ("in-distribution", "other dataset") for m in ("gias", "gifd")
     ]
     for variant in variants:

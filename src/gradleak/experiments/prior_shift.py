@@ -6,7 +6,8 @@ automobile, ship, truck). Priors: DCGAN generators trained on auxiliary images t
 the private ones (near-copies removed) — of the same classes (in-distribution), of the other
 CIFAR-10 classes (shifted classes) and of another data set (Flowers-17: shifted domain). Every
 private batch (sizes 1 and 4) is attacked by GIAS and GIFD with each prior, by the data-free deep
-image prior (``dip``) and by plain Inverting Gradients (``ig``), each with the same budget.
+image prior (``dip``) and by plain Inverting Gradients (``ig``), each with the same budget, and
+by Inverting Gradients with its own longer budget (``ig_iterations``) for reference.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class PriorShiftSettings:
     prior_steps: int = 3000
     batch_sizes: tuple[int, ...] = (1, 4)
     iterations: int = 1000
+    ig_iterations: int | None = 2000
     restarts: int = 1
     seed: int = 0
 
@@ -96,21 +98,26 @@ def run_prior_shift(
         slug = spec.name.replace(" ", "-")
         priors[spec.name] = study.artifact(f"prior-{slug}", train, {"steps": s.prior_steps})
 
-    variants = [("ig", "inverting_gradients", {}), ("dip", "dip", {})]
+    variants = [("ig", "inverting_gradients", {}, s.iterations), ("dip", "dip", {}, s.iterations)]
+    if s.ig_iterations:  # Inverting Gradients with its own, longer budget, for reference
+        steps = s.ig_iterations
+        variants.append((f"ig ({steps} steps)", "inverting_gradients", {}, steps))
     for name, path in priors.items():
-        variants += [(f"{m} ({name})", m, {"prior": str(path)}) for m in ("gias", "gifd")]
+        variants += [
+            (f"{m} ({name})", m, {"prior": str(path)}, s.iterations) for m in ("gias", "gifd")
+        ]
 
     for b in s.batch_sizes:
         for batch in make_batches(private, b, "single" if b == 1 else "distinct"):
             ids = "+".join(private.ids[i] for i in batch)
             observation = observe(model, private.images[batch], private.labels[batch])
-            for variant, method, extra in variants:
+            for variant, method, extra, steps in variants:
                 study.attack(
                     f"B={b}/{ids}/{variant}",
                     observation,
                     method,
                     extra,
-                    iterations=s.iterations,
+                    iterations=steps,
                     restarts=s.restarts,
                     seed=s.seed,
                     record={"variant": variant, "group": f"{variant}, B={b}", "batch_size": b},
