@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from gradleak.attacks import load_reconstruction
+from gradleak.data import load_images
 from gradleak.experiments.prior_shift import PriorShiftSettings, run_prior_shift
-from gradleak.report import environment, write_json
+from gradleak.report import environment, save_grid, write_json
 
 TARGETS = (
     "in-distribution GIAS or GIFD beats Inverting Gradients' median PSNR at batch size 4 by >= 2 "
@@ -52,7 +54,26 @@ def main() -> None:
     stem = name.replace("-", "_")
     write_json(args.out / f"{stem}.json", report)
     (args.out / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
+    figure = write_figure(results["cases"], settings.data, args.out / f"{stem}.png")
+    print(markdown(report), f"figure: {figure} (rows: truth, then {', '.join(ROWS)})", sep="\n")
+
+
+ROWS = ("ig", "dip", "gias (in-distribution)", "gifd (in-distribution)", "gias (other classes)",
+        "gias (other dataset)")  # fmt: skip
+
+
+def write_figure(cases: list[dict], data: str, path: Path) -> Path:
+    """The first batch of the largest size: truth, then one row per method in ``ROWS``."""
+    largest = max(c["batch_size"] for c in cases)
+    batch = next(c["id"].split("/")[1] for c in cases if c["batch_size"] == largest)
+    pool = load_images(data)
+    index = {image_id: i for i, image_id in enumerate(pool.ids)}
+    rows = [pool.images[[index[i] for i in batch.split("+")]]]
+    for variant in ROWS:
+        case = next(c for c in cases if c["id"] == f"B={largest}/{batch}/{variant}")
+        reconstruction = load_reconstruction(case["files"]["reconstruction"])
+        rows.append(reconstruction.images[case["order"]])
+    return save_grid(path, rows, scale=3)
 
 
 def markdown(report: dict) -> str:

@@ -213,25 +213,36 @@ def run_learned_inversion(
     return summary
 
 
-def initialization_speedup(cases: list[dict]) -> dict:
-    """Per batch size: iterations IG needs to reach its final PSNR, from noise and from the
-    inverter's output, and their median ratio."""
-    by_key = {c["id"]: c for c in cases}
+def initialization_speedup(cases: list[dict], tolerance: float = 0.1) -> dict:
+    """Per batch size: the steps Inverting Gradients needs to come within ``tolerance`` dB of its
+    own final PSNR, started from noise (``ig``) and from the inverter's output (``learned+ig``).
+
+    ``ratios`` are noise-start steps over inverter-start steps (a start already there counts as
+    one step); ``start_above`` counts cases whose inverter output alone already scored above.
+    """
+    by_id = {c["id"]: c for c in cases}
     result: dict[str, dict] = {}
     for case in cases:
-        if case.get("variant") != "ig" or "defense" in case or "trajectory" not in case:
+        if case.get("variant") != "ig" or "defense" in case or not case.get("trajectory"):
             continue
-        base = case["id"].rsplit("/", 1)[0]
-        learned = by_key.get(f"{base}/learned+ig")
-        if learned is None or not case["trajectory"]:
+        learned = by_id.get(case["id"].rsplit("/", 1)[0] + "/learned+ig")
+        if learned is None or not learned.get("trajectory"):
             continue
-        target = case["psnr"]
-        from_noise = steps_to_reach(case["trajectory"], target - 0.1)
-        from_learned = steps_to_reach(learned.get("trajectory", []), target - 0.1)
-        entry = result.setdefault(f"B={case['batch_size']}", {"ratios": [], "cases": 0})
+        target = case["psnr"] - tolerance
+        from_noise = steps_to_reach(case["trajectory"], target)
+        from_learned = steps_to_reach(learned["trajectory"], target)
+        entry = result.setdefault(
+            f"B={case['batch_size']}",
+            {"cases": 0, "ratios": [], "noise_steps": [], "learned_steps": [], "start_above": 0},
+        )
         entry["cases"] += 1
+        entry["start_above"] += from_learned == 0
         if from_noise is not None and from_learned is not None:
+            entry["noise_steps"].append(from_noise)
+            entry["learned_steps"].append(from_learned)
             entry["ratios"].append(max(from_noise, 1) / max(from_learned, 1))
     for entry in result.values():
-        entry["median_ratio"] = statistics.median(entry["ratios"]) if entry["ratios"] else None
+        for key in ("ratios", "noise_steps", "learned_steps"):
+            values = entry[key]
+            entry[f"median_{key[:-1]}"] = statistics.median(values) if values else None
     return result
