@@ -69,7 +69,7 @@ def markdown(report: dict) -> str:
     lines = [
         "# learned-inversion",
         "",
-        f"`{report['command']}` ({report['wall_seconds'] / 60:.0f} min)",
+        f"`{report['command']}` (attacks: {report['summary']['seconds'] / 60:.0f} min in all)",
         "",
         f"Target: {report['target']}.",
         "",

@@ -18,6 +18,7 @@ from pathlib import Path
 from gradleak.attacks import load_reconstruction
 from gradleak.data import load_images
 from gradleak.experiments.prior_shift import PriorShiftSettings, run_prior_shift
+from gradleak.learning import read_card
 from gradleak.report import environment, save_grid, write_json
 
 TARGETS = (
@@ -49,6 +50,11 @@ def main() -> None:
         "versions": environment(),
         "settings": results["settings"],
         "summary": results["summary"],
+        "priors": {
+            path.stem: {k: read_card(path).get(k) for k in PRIOR_FACTS}
+            for path in sorted((args.out / "runs" / name / "artifacts").glob("*.safetensors"))
+            if not path.name.endswith(".ckpt.safetensors")
+        },
         "wall_seconds": time.perf_counter() - start,
     }
     stem = name.replace("-", "_")
@@ -58,6 +64,7 @@ def main() -> None:
     print(markdown(report), f"figure: {figure} (rows: truth, then {', '.join(ROWS)})", sep="\n")
 
 
+PRIOR_FACTS = ("data", "classes", "n_images", "steps", "train_seconds", "final_losses")
 ROWS = ("ig", "dip", "gias (in-distribution)", "gifd (in-distribution)", "gias (other classes)",
         "gias (other dataset)")  # fmt: skip
 
@@ -80,9 +87,17 @@ def markdown(report: dict) -> str:
     lines = [
         f"# prior-shift ({report['settings']['model']})",
         "",
-        f"`{report['command']}` ({report['wall_seconds'] / 60:.0f} min)",
+        f"`{report['command']}` (attacks: {report['summary']['seconds'] / 60:.0f} min in all)",
         "",
         f"Target: {report['target']}.",
+        "",
+        "Priors (DCGAN, 32x32, trained on 1 thread, private images excluded):",
+        "",
+        *(
+            f"- {name}: {p['n_images']} images of {p['data']} (classes {p['classes']}), "
+            f"{p['steps']} steps in {p['train_seconds'] / 60:.1f} min"
+            for name, p in report["priors"].items()
+        ),
         "",
         "| method (prior) | batch | cases | PSNR median (dB) | SSIM median | s / case |",
         "|---|---|---|---|---|---|",
