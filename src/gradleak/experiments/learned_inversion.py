@@ -4,7 +4,7 @@ the batch size predicted from the gradient.
 
 1. Inverters for the (untrained, seeded) model are trained on the attacker's auxiliary images,
    which never contain the private images (near-copies removed): one per fixed batch size, and one
-   across batch sizes 1..``max_batch`` with a batch-size head. A fixed slice of the auxiliary
+   across batch sizes 1..``max_batch`` with a batch-size head. A seeded random part of the auxiliary
    images is held out of training to measure the batch-size prediction.
 2. Private CIFAR-10 test images, at every batch size: the inverter alone (``learned``), Inverting
    Gradients from noise (``ig``) and from the inverter's output (``learned+ig``); the PSNR per
@@ -51,7 +51,7 @@ class LearnedInversionSettings:
     max_batch: int = 16
     train_steps: int = 8000
     batch_train_steps: int = 4000
-    range_train_steps: int = 3000
+    range_train_steps: int = 2500
     hidden: int = 1024
     batch_hidden: int = 512
     iterations: int = 1000
@@ -87,8 +87,10 @@ def run_learned_inversion(
     s = study.settings
     private = load_images(s.data).subset(slice(0, s.n_images))
     auxiliary = auxiliary_images(s.auxiliary, exclude=private)
-    held_out = auxiliary.subset(slice(len(auxiliary) - s.held_out, len(auxiliary)))
-    training = auxiliary.subset(slice(0, len(auxiliary) - s.held_out))
+    # A seeded random hold-out: data files are often sorted by class.
+    order = torch.randperm(len(auxiliary), generator=torch.Generator().manual_seed(s.seed))
+    held_out = auxiliary.subset(order[: s.held_out])
+    training = auxiliary.subset(order[s.held_out :].sort().values)
     model = build_model(s.model, seed=s.seed)
 
     def inverter(name: str, sizes: tuple[int, int], steps: int):
