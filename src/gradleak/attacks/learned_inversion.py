@@ -116,6 +116,8 @@ class LearnedInversion(GradientMatchingAttack):
         if strategy == "joint":
             raise GradleakError("refine 'none' optimizes nothing: labels must not be 'joint'")
         labels = fixed_labels(strategy, observation, model, batch_size)
+        if callback is not None:  # one forward pass: done
+            callback(1, 1, float("nan"))
         return Reconstruction(
             images=images, labels=labels.long(), attack=self.name, iterations=0, notes=notes
         )
