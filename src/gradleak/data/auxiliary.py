@@ -15,7 +15,7 @@ import torch
 
 from gradleak.data.cifar10 import is_downloaded
 from gradleak.data.imageset import ImageSet
-from gradleak.data.load import load_images
+from gradleak.data.load import conform, load_images
 from gradleak.data.npz import load_npz
 from gradleak.data.shared import shared_data_dir
 from gradleak.errors import GradleakError
@@ -106,14 +106,8 @@ def _cifar10_auxiliary(size: int, channels: int) -> ImageSet:
     shared = shared_data_dir(required=False)
     if shared is not None and (shared / SHARED_CIFAR10_JPEG).is_file():
         data = load_npz(shared / SHARED_CIFAR10_JPEG)
-        return load_images_like(data, size, channels)
+        return conform(data, size, channels)
     raise GradleakError(
         "no auxiliary CIFAR-10 images: download the training split once with "
         "`python -c 'from gradleak.data import load_cifar10; load_cifar10(download=True)'`"
     )
-
-
-def load_images_like(data: ImageSet, size: int, channels: int) -> ImageSet:
-    from gradleak.data.load import conform
-
-    return conform(data, size, channels)

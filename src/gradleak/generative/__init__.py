@@ -5,12 +5,11 @@ hand the file to the generative attacks (``gias``, ``gifd``) as ``prior=``.
 """
 
 from gradleak.generative.dcgan import Discriminator, Generator
-from gradleak.generative.training import default_checkpoint, load_generator, train_generator
+from gradleak.generative.training import load_generator, train_generator
 
 __all__ = [
     "Discriminator",
     "Generator",
-    "default_checkpoint",
     "load_generator",
     "train_generator",
 ]

@@ -14,7 +14,6 @@ give samples with recognizable ships and planes.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch.nn import functional as F
@@ -23,19 +22,13 @@ from gradleak.data.auxiliary import check_disjoint
 from gradleak.data.imageset import ImageSet
 from gradleak.errors import GradleakError
 from gradleak.generative.dcgan import Discriminator, Generator
-from gradleak.learning import load_artifact, save_artifact, train
+from gradleak.learning import default_checkpoint, load_artifact, save_artifact, train
 from gradleak.learning.trainer import TrainProgress
 
 KIND = "generator"
 ARCHITECTURE = "dcgan"
 #: Batches of latents that re-estimate the BatchNorm statistics used at attack time (eval mode).
 CALIBRATION_BATCHES = 32
-
-
-def default_checkpoint(out: str | os.PathLike) -> Path:
-    """``<out>.ckpt.safetensors`` beside the artifact."""
-    out = Path(out)
-    return out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.safetensors")
 
 
 def train_generator(
@@ -87,9 +80,10 @@ def train_generator(
     if batch < 1:
         raise GradleakError(f"batch must be at least 1, got {batch}")
     channels = images.shape[1]
-    torch.manual_seed(seed)
-    generator = Generator(size, channels, latent_dim, width)
-    discriminator = Discriminator(size, channels, width)
+    with torch.random.fork_rng(devices=[]):  # seeded initialization, caller's RNG untouched
+        torch.manual_seed(seed)
+        generator = Generator(size, channels, latent_dim, width)
+        discriminator = Discriminator(size, channels, width)
     optimizers = {
         "generator": torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999)),
         "discriminator": torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999)),

@@ -34,7 +34,7 @@ from gradleak.learned.inverter import (
     assignment_loss,
     inverter_tensors,
 )
-from gradleak.learning import save_artifact, train
+from gradleak.learning import default_checkpoint, save_artifact, train
 from gradleak.learning.trainer import TrainProgress
 from gradleak.models import ImageClassifier
 from gradleak.models.weights import model_fingerprint, weight_norm
@@ -108,7 +108,7 @@ def train_inverter(
     if private is not None:
         check_disjoint(images.images, private)
     if checkpoint is None:
-        checkpoint = out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.safetensors")
+        checkpoint = default_checkpoint(out)
     elif checkpoint is False:
         checkpoint = None
 
@@ -285,7 +285,6 @@ class _BatchGradients:
             generator = torch.Generator().manual_seed(0)
             flat = self._flat(*_draw(self.images, False, batch_sizes, 16, generator))
             encoder.layer_scale = _layer_scale(flat, encoder.sizes)
-        if fit:
             encoder.log_norm = _log_norm_statistics(self, torch.Generator().manual_seed(0), 64)
 
     def _flat(self, members, sizes, targets) -> torch.Tensor:

@@ -30,6 +30,12 @@ TrainProgress = Callable[[int, int, dict[str, float]], None]
 """``progress(done, total, logged values)``."""
 
 
+def default_checkpoint(out: str | os.PathLike) -> Path:
+    """The checkpoint beside an artifact: ``NAME.safetensors`` -> ``NAME.ckpt.safetensors``."""
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.safetensors")
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The random source of step ``step``: the same on a resumed run as on an uninterrupted one."""
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
