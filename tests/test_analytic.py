@@ -9,10 +9,12 @@ import torch
 from torch import nn
 
 from gradleak.analysis.rank import layer_rank_analysis
-from gradleak.attacks.bias import BiasAttack, invert_linear_layer
-from gradleak.attacks.rgap import RGAP, feedforward_stages, rgap_invert
+from gradleak.attacks.bias import BiasAttack
+from gradleak.attacks.rgap import RGAP, rgap_invert
 from gradleak.data import load_images
 from gradleak.errors import GradleakError
+from gradleak.gradient.linear import invert_linear_layer
+from gradleak.gradient.structure import feedforward_layers
 from gradleak.metrics import psnr
 from gradleak.models import ImageClassifier, build_model
 from gradleak.threat import observe
@@ -101,11 +103,16 @@ def test_bias_attack_batch_returns_one_mixture(cifar10):
 
 def test_bias_attack_needs_a_linear_first_layer(cifar10):
     observation = observe(build_model("lenet"), cifar10.images[:1], cifar10.labels[:1])
-    with pytest.raises(GradleakError, match="fully-connected layer with a bias"):
+    with pytest.raises(GradleakError, match="first layer is fully connected with a bias"):
         BiasAttack()(observation)
+    assert BiasAttack().check(observation) == [
+        "'bias' needs a network whose first layer is fully connected with a bias; model 'lenet' "
+        "starts with 'body.0' (Conv2d)"
+    ]
     observation = observe(build_model("mlp4"), cifar10.images[:1], cifar10.labels[:1])
-    with pytest.raises(GradleakError, match="not the image"):
-        BiasAttack(layer="fc2")(observation)
+    assert BiasAttack().check(observation) == []
+    with pytest.raises(GradleakError, match="closed-form: it takes no iterations"):
+        BiasAttack()(observation, iterations=5)
 
 
 # ---------------------------------------------------------------------- R-GAP
@@ -147,10 +154,10 @@ def test_rgap_rejects_unsupported_models(cifar10):
         RGAP()(observe(build_model("mlp4"), cifar10.images[:2], cifar10.labels[:2]))
     relu = _net(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
     with pytest.raises(GradleakError, match="ReLU is not invertible"):
-        feedforward_stages(relu)
+        feedforward_layers(relu)
     pool = _net(nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 10))
     with pytest.raises(GradleakError, match="max-pooling"):
-        feedforward_stages(pool)
+        feedforward_layers(pool)
 
 
 # ---------------------------------------------------------------------- rank analysis

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from gradleak.attacks import DLG, IDLG, InvertingGradients, get_attack
-from gradleak.attacks.labels import idlg_label
 from gradleak.attacks.objectives import GradientDistance
-from gradleak.attacks.simulation import ClientSimulator
 from gradleak.errors import GradleakError
+from gradleak.gradient import ClientSimulator, idlg_label
 from gradleak.metrics import score_batch
 from gradleak.models import build_model
 from gradleak.threat import observe

@@ -10,12 +10,12 @@ from gradleak.analysis import estimate_batch_size
 from gradleak.attacks.fc_unmix import (
     FCUnmix,
     fc_subspace,
-    first_linear_layer,
 )
 from gradleak.attacks.labels import batch_labels
 from gradleak.attacks.unmix_solve import FirstLayerEquation
 from gradleak.data import load_images
 from gradleak.errors import GradleakError
+from gradleak.gradient.structure import image_layer
 from gradleak.metrics import psnr, score_batch
 from gradleak.models import build_model
 from gradleak.threat import observe
@@ -160,10 +160,11 @@ def test_normal_equations_match_dense_jacobian(jpeg100):
 def test_needs_a_first_fully_connected_layer(jpeg100):
     lenet = build_model("lenet", seed=0)
     obs = observe(lenet, jpeg100.images[:2], jpeg100.labels[:2])
-    with pytest.raises(GradleakError, match="no fully-connected first layer with bias"):
+    with pytest.raises(GradleakError, match="first layer is fully connected with a bias"):
         FCUnmix()(obs)
-    with pytest.raises(GradleakError, match="no fully-connected first layer"):
-        first_linear_layer(build_model("convnet", width=4))
+    assert any("first layer is fully connected" in p for p in FCUnmix().check(obs))
+    with pytest.raises(GradleakError, match="first layer is fully connected"):
+        image_layer(build_model("convnet", width=4))
 
 
 def test_first_layer_narrower_than_batch(jpeg100):

@@ -7,13 +7,12 @@ import itertools
 import pytest
 import torch
 
-from gradleak.attacks import GIAS, get_attack
+from gradleak.attacks import GIAS, AttackContext, get_attack
 from gradleak.attacks.generative import project_l1_ball, split_iterations
-from gradleak.attacks.matching import MatchingContext
 from gradleak.attacks.objectives import GradientDistance
-from gradleak.attacks.simulation import ClientSimulator
 from gradleak.errors import GradleakError
 from gradleak.generative import Generator, load_generator, train_generator
+from gradleak.gradient import ClientSimulator
 from gradleak.learning import save_artifact
 from gradleak.models import build_model
 from gradleak.threat import observe
@@ -119,8 +118,8 @@ def test_split_iterations():
 def test_gias_stage_two_starts_from_stage_one_and_lowers_the_distance(observation, prior):
     attack = GIAS(prior=str(prior), iterations=40, restarts=2)
     view = observation.attacker_view()
-    context = MatchingContext(
-        view, view.build_model(), 2, attack.settings, torch.Generator().manual_seed(0)
+    context = AttackContext(
+        "gias", view, view.build_model(), 2, attack.settings, torch.Generator().manual_seed(0)
     )
     stages = attack.stages(context)
     latent = next(stages)
@@ -163,7 +162,7 @@ def test_attack_lowers_the_gradient_distance(observation, prior, name, settings)
 
 def test_generative_attacks_need_a_fitting_prior(observation, prior, bundled, tmp_path):
     for name in ("gias", "gifd"):
-        with pytest.raises(GradleakError, match="needs a generative prior"):
+        with pytest.raises(GradleakError, match="needs a trained generator: pass prior="):
             get_attack(name)(observation, iterations=1)
     other = save_artifact(tmp_path / "inv.safetensors", {"w": torch.zeros(1)}, {}, kind="inverter")
     with pytest.raises(GradleakError, match="not a 'generator'"):
@@ -174,5 +173,5 @@ def test_generative_attacks_need_a_fitting_prior(observation, prior, bundled, tm
         load_generator(corrupt)
     gray = build_model("lenet", seed=0, in_channels=1)
     gray_observation = observe(gray, bundled.images[:1, :1], bundled.labels[:1])
-    with pytest.raises(GradleakError, match="makes images"):
+    with pytest.raises(GradleakError, match="train-prior --size 32 --channels 1"):
         get_attack("gifd", prior=str(prior))(gray_observation, iterations=1)

@@ -16,8 +16,9 @@ from gradleak.attacks.priors import (
     registration_shifts,
     shift_images,
 )
-from gradleak.attacks.simulation import ClientSimulator, batchnorm_layers
 from gradleak.errors import GradleakError
+from gradleak.gradient.simulation import ClientSimulator
+from gradleak.gradient.structure import batchnorm_layers
 from gradleak.models import build_model
 from gradleak.threat import observe
 
@@ -73,10 +74,14 @@ def test_batchnorm_distance_is_zero_at_the_running_statistics():
     torch.testing.assert_close(batchnorm_distance(shifted, running), torch.full((3,), 2 + 8**0.5))
 
 
-def test_bn_prior_on_a_model_without_batchnorm_is_a_clear_error(cifar10):
+def test_bn_prior_is_switched_off_and_recorded_on_a_model_without_batchnorm(cifar10):
     obs = observe(build_model("lenet", seed=0), cifar10.images[:1], cifar10.labels[:1])
-    with pytest.raises(GradleakError, match="BatchNorm"):
-        GradInversion()(obs, iterations=1)
+    assert GradInversion().check(obs) == []
+    result = GradInversion()(obs, iterations=2, restarts=2)
+    assert result.settings["bn"] == 0 and result.settings["group"] == 0.01
+    assert "no BatchNorm layers" in result.notes["disabled"]["bn"]
+    single = GradInversion()(obs, iterations=2, restarts=1)
+    assert set(single.notes["disabled"]) == {"bn", "group"}
 
 
 def test_registration_recovers_translations(cifar10):

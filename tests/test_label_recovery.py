@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from gradleak.analysis.batch_size import estimate_batch_size, gradient_ranks
-from gradleak.analysis.labels import (
+from gradleak.data import load_images
+from gradleak.errors import GradleakError
+from gradleak.gradient.batch_size import estimate_batch_size, gradient_ranks
+from gradleak.gradient.labels import (
     METHODS,
     bias,
     idlg,
@@ -20,8 +22,6 @@ from gradleak.analysis.labels import (
     round_counts,
     yin,
 )
-from gradleak.data import load_images
-from gradleak.errors import GradleakError
 from gradleak.models import ImageClassifier, build_model
 from gradleak.threat import observe
 

@@ -167,7 +167,7 @@ def test_learned_attack_with_and_without_refinement(trained, cifar10):
 def test_learned_errors(trained, cifar10, tmp_path):
     model, inverter, path = trained
     obs = observe(model, cifar10.images[:1], cifar10.labels[:1])
-    with pytest.raises(GradleakError, match="needs an inverter"):
+    with pytest.raises(GradleakError, match="needs a trained inverter"):
         get_attack("learned")(obs)
     with pytest.raises(GradleakError, match="refine"):
         get_attack("learned", inverter=str(path), refine="gias")(obs)

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradleak.attacks.rgap import INVERTIBLE, Stage, conv_gradient_operator, feedforward_stages
 from gradleak.errors import GradleakError
+from gradleak.gradient.linear import conv_gradient_operator
+from gradleak.gradient.structure import INVERTIBLE, Layer, feedforward_layers, linear_layers
 from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
@@ -79,10 +80,10 @@ def layer_rank_analysis(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise GradleakError(f"batch size must be a positive integer, got {batch_size!r}")
     try:
-        stages = feedforward_stages(model, require_invertible=False, what="rank analysis")
+        stages = feedforward_layers(model, require_invertible=False, what="rank analysis")
         chain_note = ""
     except GradleakError as err:
-        stages = _all_layers(model)
+        stages = linear_layers(model)
         chain_note = f"gradient constraints only: {err}"
     generator = torch.Generator().manual_seed(seed)
     rows = []
@@ -102,7 +103,7 @@ def layer_rank_analysis(
 
 
 def _analyse(
-    stage: Stage,
+    stage: Layer,
     weight: torch.Tensor,
     batch: int,
     weights_known: bool,
@@ -157,7 +158,7 @@ def _analyse(
 
 
 def _forward_on_null(
-    stage: Stage, weight: torch.Tensor, null: torch.Tensor, batch: int
+    stage: Layer, weight: torch.Tensor, null: torch.Tensor, batch: int
 ) -> torch.Tensor:
     """``F N``: the weight constraints applied to the null space of the gradient block.
 
@@ -189,35 +190,3 @@ def _rank_of_gram(matrix: torch.Tensor) -> int:
     values = torch.linalg.eigvalsh(gram)
     top = values.max()
     return int((values > (RTOL**2) * top).sum()) if top > 0 else 0
-
-
-def _all_layers(model: ImageClassifier) -> list[Stage]:
-    """Every conv/FC layer of any network, with per-sample shapes from one forward pass."""
-    stages: list[Stage] = []
-    hooks = []
-    for name, module in model.net.named_modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
-
-            def hook(mod, inputs, out, name=name):
-                stages.append(Stage(name, mod, None, tuple(inputs[0].shape[1:]), out.shape[1:]))
-
-            hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *model.input_shape))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    for stage in stages:
-        stage.out_shape = tuple(stage.out_shape)
-        layer = stage.layer
-        if isinstance(layer, nn.Conv2d) and (
-            layer.groups != 1 or tuple(layer.dilation) != (1, 1) or isinstance(layer.padding, str)
-        ):
-            raise GradleakError(
-                f"rank analysis: '{stage.name}' uses groups, dilation or string padding"
-            )
-    return stages

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from gradleak.analysis.batch_size import estimate_batch_size
-from gradleak.analysis.labels import recover_labels
 from gradleak.analysis.rank import layer_rank_analysis
-from gradleak.errors import GradleakError
+from gradleak.attacks import AttackContext, check_all
+from gradleak.gradient import estimate_batch_size, recover_labels
 from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
@@ -44,7 +43,7 @@ def analyze(observation: Observation, *, max_exact: int = 3000) -> dict:
         "label_method": recovery.method,
         "layers": layers,
         "discarded_total": sum(row.get("discarded", 0) for row in layers),
-        "attacks": applicable_attacks(model, batch_size),
+        "attacks": applicable_attacks(view, batch_size, model),
     }
     truth = observation.truth
     if truth is not None:
@@ -59,48 +58,20 @@ def analyze(observation: Observation, *, max_exact: int = 3000) -> dict:
     return report
 
 
-def applicable_attacks(model: ImageClassifier, batch_size: int) -> dict[str, dict]:
-    """Which attacks apply to ``model`` at ``batch_size``, and what each should recover."""
-    from gradleak.attacks.bias import input_layer
-    from gradleak.attacks.rgap import feedforward_stages
-
+def applicable_attacks(
+    observation: Observation, batch_size: int, model: ImageClassifier | None = None
+) -> dict[str, dict]:
+    """Every registered attack: whether it applies at ``batch_size``, what it should recover, or
+    why it does not apply."""
+    view = observation.attacker_view()
+    model = view.build_model() if model is None else model
     out: dict[str, dict] = {}
-    try:
-        first_name, first = input_layer(model)
-        out["bias"] = {
-            "applies": True,
-            "expect": "exact images"
-            if batch_size == 1
-            else "one gradient-weighted mixture of the batch, not the images",
-        }
-        out["fc_unmix"] = {
-            "applies": first.out_features >= batch_size,
-            "expect": f"unmix the {batch_size} inputs of '{first_name}' from its gradient"
-            if first.out_features >= batch_size
-            else f"first layer has {first.out_features} units < batch size {batch_size}",
-        }
-    except GradleakError as err:
-        out["bias"] = {"applies": False, "expect": str(err)}
-        out["fc_unmix"] = {"applies": False, "expect": str(err)}
-    try:
-        feedforward_stages(model)
-        out["rgap"] = {
-            "applies": batch_size == 1,
-            "expect": "closed-form images where every layer's system has full rank"
-            if batch_size == 1
-            else "R-GAP solves batch size 1 only",
-        }
-    except GradleakError as err:
-        out["rgap"] = {"applies": False, "expect": str(err)}
-    out["idlg"] = {
-        "applies": True,
-        "expect": "analytic label + l2 matching; exact labels at batch size 1",
-    }
-    out["dlg"] = {"applies": True, "expect": "joint image/label matching; degrades with batch size"}
-    out["inverting_gradients"] = {
-        "applies": True,
-        "expect": "cosine matching with TV; recognizable images at small batch sizes",
-    }
+    for name, (attack, problems) in check_all(view, batch_size=batch_size, model=model).items():
+        if problems:
+            out[name] = {"applies": False, "expect": "; ".join(problems)}
+            continue
+        context = AttackContext(name, view, model, batch_size, attack.settings)
+        out[name] = {"applies": True, "expect": attack.expectation(context)}
     return out
 
 

@@ -1,79 +1,54 @@
-"""Attacks: one module per published attack, all called as ``attack(observation, ...)``."""
+"""Attacks: one module per published attack, all called as ``attack(observation, ...)``.
+
+Every module of this package is imported here, and the attacks in it register themselves with
+:func:`~gradleak.attacks.registry.register_attack`: adding an attack is adding its module. The
+registered classes are exported by their class names (``from gradleak.attacks import DLG``).
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from gradleak.attacks.base import (
     Attack,
+    AttackContext,
     Reconstruction,
+    Requirement,
     load_reconstruction,
+    requirement,
     save_reconstruction,
 )
-from gradleak.attacks.bias import BiasAttack
-from gradleak.attacks.dip import DeepImagePrior
-from gradleak.attacks.dlg import DLG
-from gradleak.attacks.fc_unmix import FCUnmix
-from gradleak.attacks.gias import GIAS
-from gradleak.attacks.gifd import GIFD
-from gradleak.attacks.gradinversion import GradInversion
-from gradleak.attacks.idlg import IDLG
-from gradleak.attacks.inverting_gradients import InvertingGradients
-from gradleak.attacks.learned_inversion import LearnedInversion
 from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
-from gradleak.attacks.rgap import RGAP
-from gradleak.errors import GradleakError
+from gradleak.attacks.registry import (
+    ATTACKS,
+    attack_class,
+    check_all,
+    get_attack,
+    list_attacks,
+    register_attack,
+)
 
-ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls
-    for cls in (
-        DLG,
-        IDLG,
-        InvertingGradients,
-        GradInversion,
-        BiasAttack,
-        RGAP,
-        FCUnmix,
-        GIAS,
-        GIFD,
-        DeepImagePrior,
-        LearnedInversion,
-    )
-}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
+globals().update({cls.__name__: cls for cls in ATTACKS.values()})
 
-def list_attacks() -> list[str]:
-    return sorted(ATTACKS)
-
-
-def get_attack(name: str, **settings) -> Attack:
-    """The attack registered as ``name``, configured with ``settings``."""
-    try:
-        cls = ATTACKS[name]
-    except KeyError:
-        raise GradleakError(
-            f"unknown attack method {name!r}; choose one of: {', '.join(list_attacks())}"
-        ) from None
-    return cls(**settings)
-
-
-__all__ = [
+__all__ = [  # the registered attack classes are added by name
     "ATTACKS",
-    "DLG",
-    "DeepImagePrior",
-    "GIAS",
-    "GIFD",
-    "FCUnmix",
-    "GradInversion",
-    "IDLG",
     "Attack",
-    "BiasAttack",
+    "AttackContext",
     "GradientMatchingAttack",
-    "InvertingGradients",
-    "LearnedInversion",
     "MatchingSettings",
-    "RGAP",
     "Reconstruction",
+    "Requirement",
+    "attack_class",
+    "check_all",
     "get_attack",
-    "load_reconstruction",
-    "save_reconstruction",
     "list_attacks",
+    "load_reconstruction",
+    "register_attack",
+    "requirement",
+    "save_reconstruction",
+    *sorted(cls.__name__ for cls in ATTACKS.values()),
 ]

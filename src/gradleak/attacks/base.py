@@ -1,9 +1,16 @@
-"""The uniform attack call and the reconstruction it returns.
+r"""The uniform attack call, what attacks need, and the reconstruction they return.
 
-Every attack is ``attack(observation, iterations=..., restarts=..., seed=...) -> Reconstruction``.
-The base class owns the chores: it hides what the threat model does not allow the attacker to
-know (:meth:`Observation.attacker_view`), rebuilds the server's model, seeds the randomness, and
-times the run. Subclasses implement :meth:`Attack.reconstruct` and nothing else.
+Every attack is ``attack(observation, seed=..., batch_size=..., callback=...) -> Reconstruction``;
+iterative attacks also take a budget (``iterations``, ``restarts``). The base class owns the
+chores: it hides what the threat model does not allow the attacker to know
+(:meth:`Observation.attacker_view`), rebuilds the server's model, settles the batch size, switches
+off optional parts that cannot apply (recorded in the reconstruction's notes), checks the attack's
+declared :class:`Requirement`\ s, seeds the randomness and times the run. Subclasses declare
+``name``, ``defaults`` and ``requirements`` and implement :meth:`Attack.reconstruct`.
+
+Before running anything, ``attack.check(observation)`` lists the reasons an attack does not apply
+(as Opacus's validators do for layers): the CLI, ``analyze`` and experiments ask every registered
+attack (:mod:`gradleak.attacks.registry`) instead of naming them.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -22,11 +29,13 @@ from safetensors.torch import save_file
 
 from gradleak.errors import GradleakError
 from gradleak.models import ImageClassifier
-from gradleak.report.results import json_safe
+from gradleak.records import json_safe
 from gradleak.threat import Observation
 
 ProgressCallback = Callable[[int, int, float], None]
 """``callback(iteration, total_iterations, best_gradient_distance)``."""
+
+BUDGET = ("iterations", "restarts")
 
 
 @dataclass
@@ -63,15 +72,76 @@ class Reconstruction:
     notes: dict = field(default_factory=dict)
 
 
-class Attack:
-    """Base of all attacks: ``attack(observation, **budget) -> Reconstruction``.
+@dataclass
+class AttackContext:
+    """Everything one run of an attack may use.
 
-    Subclasses set ``name``, a settings dataclass instance ``defaults`` and implement
+    Attributes:
+        attack: the attack's name (for messages).
+        observation: the attacker's view (no ground truth, hidden facts removed).
+        model: the server's model with the observed weights, in the observed mode.
+        batch_size: known, given or guessed.
+        settings: the attack's settings for this run (optional parts may be switched off).
+        generator: seeds every random choice of the run.
+        callback: progress callback, or None.
+        notes: facts the run records in :attr:`Reconstruction.notes` (e.g. ``"disabled"``).
+    """
+
+    attack: str
+    observation: Observation
+    model: ImageClassifier
+    batch_size: int
+    settings: Any
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    callback: ProgressCallback | None = None
+    notes: dict = field(default_factory=dict)
+
+    def disable(self, setting: str, reason: str) -> None:
+        """Switch the optional part weighted by ``setting`` off (its value becomes 0) and record
+        ``reason`` under ``notes["disabled"]``."""
+        off = type(getattr(self.settings, setting))(0)
+        self.settings = dataclasses.replace(self.settings, **{setting: off})
+        self.notes.setdefault("disabled", {})[setting] = reason
+
+    def progress(self, done: int, total: int, value: float = float("nan")) -> None:
+        if self.callback is not None:
+            self.callback(done, total, value)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """Something an attack needs from the case it attacks.
+
+    ``description`` names it (``gradleak list`` shows it); ``problem(context)`` returns why the
+    case lacks it, or None. Make one with the :func:`requirement` decorator.
+    """
+
+    description: str
+    problem: Callable[[AttackContext], str | None]
+
+
+def requirement(description: str) -> Callable[[Callable[[AttackContext], str | None]], Requirement]:
+    """Decorator: ``@requirement("batch size 1") def one(context): ...`` makes a Requirement."""
+
+    def make(problem: Callable[[AttackContext], str | None]) -> Requirement:
+        return Requirement(description, problem)
+
+    return make
+
+
+class Attack:
+    """Base of all attacks: ``attack(observation, **options) -> Reconstruction``.
+
+    Subclasses set ``name``, a frozen settings dataclass instance ``defaults`` (settings with
+    the fields ``iterations`` and ``restarts`` make the attack iterative: only those take a
+    budget), ``requirements`` and ``expected`` (what it recovers when it applies), and implement
     :meth:`reconstruct`. Keyword arguments of the constructor override the defaults by name.
     """
 
     name: ClassVar[str] = ""
     defaults: ClassVar = None
+    requirements: ClassVar[tuple[Requirement, ...]] = ()
+    expected: ClassVar[str] = ""
 
     def __init__(self, **overrides):
         known = {f.name for f in dataclasses.fields(self.defaults)}
@@ -83,6 +153,47 @@ class Attack:
             )
         self.settings = dataclasses.replace(self.defaults, **overrides)
 
+    @classmethod
+    def iterative(cls) -> bool:
+        """Whether the attack optimizes, and so takes a budget (``iterations``, ``restarts``)."""
+        names = {f.name for f in dataclasses.fields(cls.defaults)}
+        return all(key in names for key in BUDGET)
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the class docstring."""
+        return (cls.__doc__ or cls.name).strip().splitlines()[0]
+
+    # ------------------------------------------------------------------ checking
+    def check(
+        self,
+        observation: Observation,
+        *,
+        batch_size: int | None = None,
+        model: ImageClassifier | None = None,
+    ) -> list[str]:
+        """The reasons this attack, with its settings, does not apply to ``observation`` (empty
+        when it does). ``batch_size`` is the attacker's guess when the threat model hides it."""
+        try:
+            context = self._context(observation, batch_size, self.settings, model)
+        except GradleakError as err:
+            return [str(err)]
+        return self._problems(context)
+
+    def expectation(self, context: AttackContext) -> str:
+        """What the attack should recover in ``context`` (for ``gradleak analyze``)."""
+        return self.expected
+
+    def configure(self, context: AttackContext) -> None:
+        """Switch off optional parts that cannot apply to ``context`` (:meth:`AttackContext.
+        disable`); the default has none."""
+
+    def guess_batch_size(self, observation: Observation) -> int | None:
+        """The attack's own guess of a hidden batch size (None: it has none, the caller must
+        pass one)."""
+        return None
+
+    # ------------------------------------------------------------------ running
     def __call__(
         self,
         observation: Observation,
@@ -92,60 +203,84 @@ class Attack:
         seed: int = 0,
         batch_size: int | None = None,
         callback: ProgressCallback | None = None,
+        model: ImageClassifier | None = None,
     ) -> Reconstruction:
         """Reconstruct the client's batch from ``observation``.
 
         Args:
             observation: what the server saw; ground truth, if attached, is never used.
-            iterations, restarts: override the attack's budget.
+            iterations, restarts: override an iterative attack's budget (an error for
+                closed-form attacks).
             seed: seeds every random choice of the attack.
             batch_size: the attacker's guess when the threat model hides the batch size.
             callback: progress callback, called once per iteration.
+            model: the server's model rebuilt from ``observation`` (built here when omitted).
+
+        Raises:
+            GradleakError: the attack does not apply (the reasons of :meth:`check`).
         """
+        settings = self.settings
+        budget = {k: v for k, v in (("iterations", iterations), ("restarts", restarts)) if v}
+        if budget and not self.iterative():
+            raise GradleakError(
+                f"attack '{self.name}' is closed-form: it takes no {' or '.join(budget)}"
+            )
+        for key, value in budget.items():
+            if int(value) < 1:
+                raise GradleakError(f"{key} must be at least 1, got {value}")
+            settings = dataclasses.replace(settings, **{key: int(value)})
+        context = self._context(observation, batch_size, settings, model)
+        problems = self._problems(context)
+        if problems:
+            raise GradleakError(f"attack '{self.name}' does not apply: {'; '.join(problems)}")
+        context.generator = torch.Generator().manual_seed(seed)
+        context.callback = callback
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            result = self.reconstruct(context)
+        result.seconds = time.perf_counter() - start
+        settings = dataclasses.asdict(context.settings)
+        result.settings = {"attack": self.name, "seed": seed, **settings}
+        result.notes = {**context.notes, **result.notes}
+        return result
+
+    def reconstruct(self, context: AttackContext) -> Reconstruction:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ internals
+    def _context(
+        self,
+        observation: Observation,
+        batch_size: int | None,
+        settings,
+        model: ImageClassifier | None,
+    ) -> AttackContext:
         view = observation.attacker_view()
-        size = view.known_batch_size or batch_size or self.guess_batch_size(view)
+        known = view.known_batch_size
+        if batch_size is not None and known is not None and batch_size != known:
+            raise GradleakError(
+                f"batch size {batch_size} contradicts the observation's known {known}"
+            )
+        if batch_size is not None and batch_size < 1:
+            raise GradleakError(f"batch size must be at least 1, got {batch_size}")
+        size = known or batch_size or self.guess_batch_size(view)
         if size is None:
             raise GradleakError(
                 "the threat model hides the batch size; pass batch_size= (or --batch-size)"
             )
-        settings = self.settings
-        if iterations is not None:
-            settings = dataclasses.replace(settings, iterations=int(iterations))
-        if restarts is not None:
-            settings = dataclasses.replace(settings, restarts=int(restarts))
-        _check_budget(settings)
-        model = view.build_model()
-        generator = torch.Generator().manual_seed(seed)
-        start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            result = self.reconstruct(view, model, size, settings, generator, callback)
-        result.seconds = time.perf_counter() - start
-        result.settings = {"attack": self.name, "seed": seed, **dataclasses.asdict(settings)}
-        return result
+        model = view.build_model() if model is None else model
+        context = AttackContext(self.name, view, model, int(size), settings)
+        self.configure(context)
+        return context
 
-    def guess_batch_size(self, observation: Observation) -> int | None:
-        """The attack's own guess of a hidden batch size (None: it has none, the caller must
-        pass one)."""
-        return None
-
-    def reconstruct(
-        self,
-        observation: Observation,
-        model: ImageClassifier,
-        batch_size: int,
-        settings,
-        generator: torch.Generator,
-        callback: ProgressCallback | None,
-    ) -> Reconstruction:
-        raise NotImplementedError
-
-
-def _check_budget(settings) -> None:
-    for key in ("iterations", "restarts"):
-        value = getattr(settings, key, 1)
-        if value is not None and value < 1:
-            raise GradleakError(f"{key} must be at least 1, got {value}")
+    def _problems(self, context: AttackContext) -> list[str]:
+        problems = []
+        for needed in self.requirements:
+            problem = needed.problem(context)
+            if problem:
+                problems.append(problem)
+        return problems
 
 
 RECONSTRUCTION_FORMAT = "gradleak.reconstruction/1"

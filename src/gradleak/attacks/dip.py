@@ -12,13 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from gradleak.attacks.base import AttackContext, requirement
 from gradleak.attacks.generative import UntrainedNetwork, from_inverting_gradients
-from gradleak.attacks.matching import (
-    GradientMatchingAttack,
-    MatchingContext,
-    MatchingSettings,
-    Stage,
-)
+from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings, Stage
+from gradleak.attacks.registry import register_attack
 
 
 @dataclass(frozen=True)
@@ -32,6 +29,15 @@ class DIPSettings(MatchingSettings):
     width: int = 64
 
 
+@requirement("square images whose side is a power of 2, at least 4")
+def POWER_OF_TWO_SIZE(context: AttackContext) -> str | None:
+    size = context.model.input_shape[-1]
+    if size < 4 or size & (size - 1):
+        return f"the deep-image-prior decoder makes power-of-2 sizes; the model takes {size}"
+    return None
+
+
+@register_attack
 class DeepImagePrior(GradientMatchingAttack):
     """Gradient matching over the weights of an untrained decoder (deep image prior).
 
@@ -46,8 +52,10 @@ class DeepImagePrior(GradientMatchingAttack):
 
     name = "dip"
     defaults = from_inverting_gradients(DIPSettings, lr=0.001, signed=False, tv=0.0, iterations=600)
+    requirements = (*GradientMatchingAttack.requirements, POWER_OF_TWO_SIZE)
+    expected = "images from an untrained decoder (data-free prior)"
 
-    def stages(self, context: MatchingContext) -> Iterator[Stage]:
+    def stages(self, context: AttackContext) -> Iterator[Stage]:
         s = context.settings
         shape = (s.restarts, context.batch_size, *context.model.input_shape)
         yield Stage(UntrainedNetwork(shape, s.width, context.generator), s.iterations)

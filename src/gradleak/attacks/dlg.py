@@ -7,8 +7,10 @@ gradient matches the observed one in squared l2 distance (eq. 4), without any im
 from __future__ import annotations
 
 from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
+from gradleak.attacks.registry import register_attack
 
 
+@register_attack
 class DLG(GradientMatchingAttack):
     """DLG: l2 gradient matching, L-BFGS (lr 1), joint label optimization, no prior.
 
@@ -21,6 +23,7 @@ class DLG(GradientMatchingAttack):
     """
 
     name = "dlg"
+    expected = "images and labels by joint l2 matching; degrades with batch size"
     defaults = MatchingSettings(
         distance="l2",
         optimizer="lbfgs",

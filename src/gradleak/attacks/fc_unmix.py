@@ -33,15 +33,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradleak.attacks.base import Attack, ProgressCallback, Reconstruction
+from gradleak.attacks.base import Attack, AttackContext, Reconstruction, requirement
 from gradleak.attacks.labels import batch_labels
 from gradleak.attacks.objectives import GradientDistance
 from gradleak.attacks.parameterization import Pixels
 from gradleak.attacks.priors import total_variation
-from gradleak.attacks.simulation import ClientSimulator
+from gradleak.attacks.registry import register_attack
+from gradleak.attacks.requirements import IMAGE_LAYER, LABELS
 from gradleak.attacks.unmix_cpa import cpa_unmix
 from gradleak.attacks.unmix_solve import FirstLayerEquation, levenberg_marquardt
 from gradleak.errors import GradleakError
+from gradleak.gradient.batch_size import estimate_batch_size
+from gradleak.gradient.simulation import ClientSimulator
+from gradleak.gradient.structure import batchnorm_layers, image_layer
 from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
@@ -101,46 +105,48 @@ class FCSubspace:
     basis: torch.Tensor
 
 
-def first_linear_layer(model: ImageClassifier) -> tuple[str, int, nn.Linear]:
-    """``(name, index, layer)`` of the first layer of ``model.net``, which must be an
-    ``nn.Linear`` with bias preceded only by parameter-free modules (e.g. ``Flatten``) in an
-    ``nn.Sequential``. Raises GradleakError otherwise."""
-    net, model_name = model.net, model.config.get("name", type(model.net).__name__)
-    first = next(
-        (m for m in net.modules() if next(m.parameters(recurse=False), None) is not None), None
-    )
-    if not isinstance(first, nn.Linear) or first.bias is None:
-        what = type(first).__name__ if first is not None else "no parametrized layer"
-        if isinstance(first, nn.Linear):
-            what = "Linear without bias"
-        raise GradleakError(
-            f"model '{model_name}' has no fully-connected first layer with bias (its first "
-            f"layer is {what}); fc_unmix needs one, e.g. mlp4"
-        )
-    if isinstance(net, nn.Sequential):
-        for index, (name, module) in enumerate(net.named_children()):
-            if module is first:
-                return name, index, first
-    raise GradleakError(
-        f"model '{model_name}': fc_unmix needs an nn.Sequential network whose first layer is "
-        "the fully-connected one"
-    )
-
-
-def fc_subspace(observation: Observation, model: ImageClassifier, batch_size: int) -> FCSubspace:
-    """Factor the observed gradient ``[dL/dW | dL/db] = Delta [X | 1]`` of the first linear layer
-    for ``batch_size`` (raises GradleakError when the layer is narrower than the batch)."""
-    name, index, layer = first_linear_layer(model)
+def _width_problem(layer: nn.Linear, batch_size: int) -> str | None:
     if layer.out_features < batch_size:
-        raise GradleakError(
+        return (
             f"the first layer has {layer.out_features} outputs, fewer than the batch size "
             f"{batch_size}: its gradient has rank <= {layer.out_features}, too low to unmix "
             f"{batch_size} images"
         )
     if layer.in_features + 1 < batch_size:
-        raise GradleakError(
-            f"the first layer has {layer.in_features} inputs: cannot unmix {batch_size} images"
+        return f"the first layer has {layer.in_features} inputs: cannot unmix {batch_size} images"
+    return None
+
+
+@requirement("an nn.Sequential MLP whose first layer is at least as wide as the batch")
+def UNMIXABLE(context: AttackContext) -> str | None:
+    try:
+        found = image_layer(context.model, what="fc_unmix")
+    except GradleakError:
+        return None  # IMAGE_LAYER says why
+    index = found.index
+    if index is None:
+        return "fc_unmix needs an nn.Sequential network"
+    problem = _width_problem(found.layer, context.batch_size)
+    if problem is None and context.settings.method == "exact" and _coupled(context.model, index):
+        problem = (
+            "fc_unmix's exact method needs a network that treats samples independently; "
+            "train-mode BatchNorm couples them (use method='cpa' or bn_mode='eval')"
         )
+    return problem
+
+
+def fc_subspace(observation: Observation, model: ImageClassifier, batch_size: int) -> FCSubspace:
+    """Factor the observed gradient ``[dL/dW | dL/db] = Delta [X | 1]`` of the first linear layer
+    for ``batch_size`` (raises GradleakError when the layer is narrower than the batch)."""
+    found = image_layer(model, what="fc_unmix")
+    name, index, layer = found.name, found.index, found.layer
+    if index is None:
+        raise GradleakError(
+            f"fc_unmix needs an nn.Sequential network; model '{model.config.get('name')}' is not"
+        )
+    problem = _width_problem(layer, batch_size)
+    if problem:
+        raise GradleakError(problem)
     weight = observation.gradients[f"{name}.weight"].double()
     bias = observation.gradients[f"{name}.bias"].double()
     gradient = torch.cat([weight, bias[:, None]], dim=1)
@@ -148,6 +154,7 @@ def fc_subspace(observation: Observation, model: ImageClassifier, batch_size: in
     return FCSubspace(name, layer, index, gradient, singular_values, vh[:batch_size].T)
 
 
+@register_attack
 class FCUnmix(Attack):
     """Recover a whole batch, repeated labels included, by unmixing the first FC layer.
 
@@ -171,23 +178,15 @@ class FCUnmix(Attack):
 
     name = "fc_unmix"
     defaults = FCUnmixSettings()
+    requirements = (LABELS, IMAGE_LAYER, UNMIXABLE)
+    expected = "every image of the batch, repeated labels included (exact for smooth MLPs)"
 
-    def __call__(self, observation: Observation, *, batch_size: int | None = None, **kwargs):
-        if observation.known_batch_size is None and batch_size is None:
-            from gradleak.analysis.batch_size import estimate_batch_size  # (import cycle)
+    def guess_batch_size(self, observation: Observation) -> int | None:
+        return estimate_batch_size(observation)
 
-            batch_size = estimate_batch_size(observation.attacker_view())
-        return super().__call__(observation, batch_size=batch_size, **kwargs)
-
-    def reconstruct(
-        self,
-        observation: Observation,
-        model: ImageClassifier,
-        batch_size: int,
-        settings: FCUnmixSettings,
-        generator: torch.Generator,
-        callback: ProgressCallback | None,
-    ) -> Reconstruction:
+    def reconstruct(self, context: AttackContext) -> Reconstruction:
+        observation, model, batch_size = context.observation, context.model, context.batch_size
+        settings, generator, callback = context.settings, context.generator, context.callback
         if settings.method not in METHODS:
             raise GradleakError(f"unknown method {settings.method!r}; choose one of {METHODS}")
         space = fc_subspace(observation, model, batch_size)
@@ -223,11 +222,6 @@ class FCUnmix(Attack):
                 if callback is not None:
                     callback(done + settings.iterations, total, residual)
                 continue
-            if equation is None:
-                raise GradleakError(
-                    "fc_unmix's exact method needs a network that treats samples independently; "
-                    "train-mode BatchNorm couples them (use method='cpa' or bn_mode='eval')"
-                )
             frames: list[torch.Tensor] = []
 
             def on_step(it: int, coefficients, residual: float, done=done, frames=frames):
@@ -276,11 +270,9 @@ def _equation(
 ) -> FirstLayerEquation | None:
     """The self-consistency equation of ``space``, or None when samples are not independent
     (train-mode BatchNorm after the first layer)."""
-    rest = nn.Sequential(*list(model.net.children())[space.index + 1 :])
-    if model.training and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in rest.modules()
-    ):
+    if _coupled(model, space.index):
         return None
+    rest = nn.Sequential(*list(model.net.children())[space.index + 1 :])
     rest = copy.deepcopy(rest).double().requires_grad_(False)
     return FirstLayerEquation(
         rest,
@@ -291,6 +283,12 @@ def _equation(
         labels=labels,
         bias_weight=bias_weight,
     )
+
+
+def _coupled(model: ImageClassifier, index: int) -> bool:
+    """Whether train-mode BatchNorm after the first layer (child ``index``) couples samples."""
+    rest = list(model.net.children())[index + 1 :]
+    return model.training and any(batchnorm_layers(m) for m in rest)
 
 
 def _random_start(basis: torch.Tensor, model: ImageClassifier, generator) -> torch.Tensor:

@@ -26,10 +26,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from gradleak.attacks.base import AttackContext, requirement
 from gradleak.attacks.inverting_gradients import InvertingGradients
-from gradleak.attacks.matching import MatchingContext, MatchingSettings
+from gradleak.attacks.matching import MatchingSettings
+from gradleak.attacks.requirements import artifact
 from gradleak.errors import GradleakError
 from gradleak.generative import Generator, load_generator
+from gradleak.learning import read_card
 
 
 def from_inverting_gradients(cls: type, **changes) -> MatchingSettings:
@@ -39,20 +42,29 @@ def from_inverting_gradients(cls: type, **changes) -> MatchingSettings:
     return cls(**{**values, **changes})
 
 
-def prior_generator(context: MatchingContext, path: str, attack: str) -> Generator:
-    """The generator artifact at ``path``, checked against the model's input shape."""
-    if not path:
-        raise GradleakError(
-            f"attack '{attack}' needs a generative prior: pass prior='<generator.safetensors>' "
-            "(train one with gradleak.generative.train_generator)"
+PRIOR = artifact("prior", "generator", "train-prior")
+
+
+@requirement("a generator making images of the model's input shape")
+def PRIOR_FITS(context: AttackContext) -> str | None:
+    try:
+        config = read_card(Path(context.settings.prior).expanduser()).get("config") or {}
+    except GradleakError:
+        return None  # PRIOR says why
+    shape = (config.get("channels"), config.get("size"), config.get("size"))
+    channels, size, _ = context.model.input_shape
+    if shape != (channels, size, size):
+        return (
+            f"the prior {context.settings.prior} makes {shape[0]}x{shape[1]}x{shape[2]} images, "
+            f"the model takes {channels}x{size}x{size}: train one with `gradleak train-prior "
+            f"--size {size} --channels {channels}`"
         )
-    generator = load_generator(Path(path).expanduser())
-    if tuple(generator.image_shape) != tuple(context.model.input_shape):
-        raise GradleakError(
-            f"the generator makes images {list(generator.image_shape)}, but the model takes "
-            f"{list(context.model.input_shape)}; train a prior of that size and channels"
-        )
-    return generator
+    return None
+
+
+def prior_generator(context: AttackContext) -> Generator:
+    """The generator named by the ``prior`` setting (checked by PRIOR and PRIOR_FITS)."""
+    return load_generator(Path(context.settings.prior).expanduser())
 
 
 def split_iterations(total: int, first_fraction: float, later_stages: int) -> list[int]:

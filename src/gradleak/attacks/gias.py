@@ -16,19 +16,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from gradleak.attacks.base import AttackContext
 from gradleak.attacks.generative import (
+    PRIOR,
+    PRIOR_FITS,
     GeneratorWeights,
     Latent,
     from_inverting_gradients,
     prior_generator,
     split_iterations,
 )
-from gradleak.attacks.matching import (
-    GradientMatchingAttack,
-    MatchingContext,
-    MatchingSettings,
-    Stage,
-)
+from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings, Stage
+from gradleak.attacks.registry import register_attack
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,7 @@ class GIASSettings(MatchingSettings):
     weight_penalty: float = 1e-4
 
 
+@register_attack
 class GIAS(GradientMatchingAttack):
     """GIAS: latent search through a frozen generator, then per-image generator weights.
 
@@ -62,10 +62,12 @@ class GIAS(GradientMatchingAttack):
 
     name = "gias"
     defaults = from_inverting_gradients(GIASSettings, lr=0.1, signed=False, tv=0.0, iterations=600)
+    requirements = (*GradientMatchingAttack.requirements, PRIOR, PRIOR_FITS)
+    expected = "images from a generator trained on auxiliary data, then its tuned copies"
 
-    def stages(self, context: MatchingContext) -> Iterator[Stage]:
+    def stages(self, context: AttackContext) -> Iterator[Stage]:
         s = context.settings
-        generator = prior_generator(context, s.prior, self.name)
+        generator = prior_generator(context)
         latent_steps, weight_steps = split_iterations(s.iterations, s.latent_fraction, 1)
         latent = Latent(generator, s.restarts, context.batch_size, context.generator)
         yield Stage(latent, latent_steps, name="latent")

@@ -15,19 +15,18 @@ from dataclasses import dataclass
 
 import torch
 
+from gradleak.attacks.base import AttackContext
 from gradleak.attacks.generative import (
+    PRIOR,
+    PRIOR_FITS,
     Features,
     Latent,
     from_inverting_gradients,
     prior_generator,
     split_iterations,
 )
-from gradleak.attacks.matching import (
-    GradientMatchingAttack,
-    MatchingContext,
-    MatchingSettings,
-    Stage,
-)
+from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings, Stage
+from gradleak.attacks.registry import register_attack
 from gradleak.errors import GradleakError
 
 
@@ -52,6 +51,7 @@ class GIFDSettings(MatchingSettings):
     feature_lr: float = 0.03
 
 
+@register_attack
 class GIFD(GradientMatchingAttack):
     """GIFD: latent search, then intermediate generator features in l1 balls, layer by layer.
 
@@ -66,10 +66,12 @@ class GIFD(GradientMatchingAttack):
 
     name = "gifd"
     defaults = from_inverting_gradients(GIFDSettings, lr=0.1, signed=False, tv=0.0, iterations=600)
+    requirements = (*GradientMatchingAttack.requirements, PRIOR, PRIOR_FITS)
+    expected = "images from a generator's latent, then its intermediate features in l1 balls"
 
-    def stages(self, context: MatchingContext) -> Iterator[Stage]:
+    def stages(self, context: AttackContext) -> Iterator[Stage]:
         s = context.settings
-        generator = prior_generator(context, s.prior, self.name)
+        generator = prior_generator(context)
         layers = min(s.layers, len(generator.blocks) - 1)
         if layers < 0 or not s.radii:
             raise GradleakError("gifd needs layers >= 0 and at least one l1 radius")

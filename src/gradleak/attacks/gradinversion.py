@@ -10,8 +10,10 @@ consistency, several seeds optimized together and pulled toward their registered
 from __future__ import annotations
 
 from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
+from gradleak.attacks.registry import register_attack
 
 
+@register_attack
 class GradInversion(GradientMatchingAttack):
     """GradInversion: gradient matching + TV, l2 1e-6, BN, group consistency 0.01 over 4 seeds;
     Adam (lr 0.1, not signed) with 50 warm-up steps and cosine decay, boxed pixels.
@@ -24,7 +26,7 @@ class GradInversion(GradientMatchingAttack):
     term instead of drowning it; TV is Inverting Gradients' 0.2 so that the two attacks differ
     only by GradInversion's own priors and optimizer.
     The BN prior needs BatchNorm layers with running statistics (a trained model); on models
-    without BatchNorm set ``bn=0``.
+    without them it is switched off, and the reconstruction's ``notes["disabled"]`` says so.
 
     Shape:
         observation of B images (C, H, W) -> images (B, C, H, W), labels (B,).
@@ -35,6 +37,7 @@ class GradInversion(GradientMatchingAttack):
     """
 
     name = "gradinversion"
+    expected = "cosine matching with image priors (BN statistics on trained BN models)"
     defaults = MatchingSettings(
         distance="cosine",
         optimizer="adam",

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 
 from gradleak.attacks.dlg import DLG
+from gradleak.attacks.registry import register_attack
 
 
+@register_attack
 class IDLG(DLG):
     """iDLG: DLG with the analytic label (batch size 1; count-aware recovery for larger batches).
 
@@ -23,4 +25,5 @@ class IDLG(DLG):
     """
 
     name = "idlg"
+    expected = "analytic labels, then l2 matching; exact labels at batch size 1"
     defaults = dataclasses.replace(DLG.defaults, labels="analytic")

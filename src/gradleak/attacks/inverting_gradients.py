@@ -10,8 +10,10 @@ Step size and TV act on the model's normalized input, as in the authors' code; t
 from __future__ import annotations
 
 from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
+from gradleak.attacks.registry import register_attack
 
 
+@register_attack
 class InvertingGradients(GradientMatchingAttack):
     """Inverting Gradients: cosine distance + TV 0.2, signed Adam (lr 0.1) with step decay, boxed.
 
@@ -27,6 +29,7 @@ class InvertingGradients(GradientMatchingAttack):
     """
 
     name = "inverting_gradients"
+    expected = "cosine matching with TV; recognizable images at small batch sizes"
     defaults = MatchingSettings(
         distance="cosine",
         optimizer="adam",

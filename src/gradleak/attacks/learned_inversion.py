@@ -9,26 +9,27 @@ noise. When the threat model hides the batch size, the inverter's batch-size hea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
-
-from gradleak.attacks.base import ProgressCallback, Reconstruction
+from gradleak.attacks.base import AttackContext, Reconstruction, requirement
 from gradleak.attacks.inverting_gradients import InvertingGradients
 from gradleak.attacks.labels import fixed_labels, resolve_strategy
 from gradleak.attacks.matching import (
     GradientMatchingAttack,
-    MatchingContext,
     MatchingSettings,
     Stage,
+    free_pixels,
 )
+from gradleak.attacks.registry import register_attack
+from gradleak.attacks.requirements import artifact
 from gradleak.errors import GradleakError
-from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
 REFINEMENTS = ("none", "ig")
+INVERTER = artifact("inverter", "inverter", "train-inverter")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,43 @@ class LearnedSettings(MatchingSettings):
     refine: str = "ig"
 
 
+@requirement("an inverter trained for the observation's model")
+def INVERTER_FITS(context: AttackContext) -> str | None:
+    try:
+        context.notes["weight_drift"] = _inverter(context.settings).check(context.observation)
+    except GradleakError as err:
+        return str(err)
+    return None
+
+
+@requirement("labels other than 'joint' when nothing is optimized")
+def FIXED_LABELS(context: AttackContext) -> str | None:
+    s = context.settings
+    if s.refine == "none" and s.labels == "joint":
+        return "refine 'none' optimizes nothing: labels must not be 'joint'"
+    if s.refine not in REFINEMENTS:
+        return f"unknown refine {s.refine!r}; choose one of {REFINEMENTS}"
+    return None
+
+
+def _inverter(settings: LearnedSettings):
+    """The inverter named by ``settings`` (read once per file version and process)."""
+    path = os.fspath(settings.inverter)
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        stamp = None  # load_inverter says what is wrong
+    return _load(path, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, stamp: int | None):
+    from gradleak.learned import load_inverter
+
+    return load_inverter(path)
+
+
+@register_attack
 class LearnedInversion(GradientMatchingAttack):
     """Learned inversion: a trained inverter's output, optionally refined by Inverting Gradients.
 
@@ -61,68 +99,34 @@ class LearnedInversion(GradientMatchingAttack):
 
     name = "learned"
     defaults = LearnedSettings(**dataclasses.asdict(InvertingGradients.defaults))
-
-    def __init__(self, **overrides):
-        super().__init__(**overrides)
-        self._inverter = None
-
-    def inverter(self):
-        """The inverter named by the settings (read once)."""
-        from gradleak.learned import load_inverter
-
-        path = self.settings.inverter
-        if not path:
-            raise GradleakError(
-                "attack 'learned' needs an inverter: pass inverter=<file> (train one with "
-                "gradleak.learned.train_inverter)"
-            )
-        if self._inverter is None or self._inverter[0] != path:
-            self._inverter = (path, load_inverter(os.fspath(path)))
-        return self._inverter[1]
+    requirements = (*GradientMatchingAttack.requirements, INVERTER, INVERTER_FITS, FIXED_LABELS)
+    expected = "the inverter's images in milliseconds (refine='ig': then Inverting Gradients)"
 
     def guess_batch_size(self, observation: Observation) -> int | None:
-        return self.inverter().predict_batch_size(observation)
+        if not self.settings.inverter:
+            return None
+        return _inverter(self.settings).predict_batch_size(observation)
 
-    def _notes(self, observation: Observation) -> dict:
-        inverter = self.inverter()
-        drift = inverter.check(observation)
-        probabilities = inverter.batch_size_probabilities(observation)
-        return {
+    def reconstruct(self, context: AttackContext) -> Reconstruction:
+        inverter = _inverter(context.settings)
+        probabilities = inverter.batch_size_probabilities(context.observation)
+        notes = {
             "predicted_batch_size": int(probabilities.argmax()) + 1,
             "batch_size_probabilities": [round(float(p), 4) for p in probabilities],
-            "weight_drift": drift,
         }
-
-    def reconstruct(
-        self,
-        observation: Observation,
-        model: ImageClassifier,
-        batch_size: int,
-        settings: LearnedSettings,
-        generator: torch.Generator,
-        callback: ProgressCallback | None,
-    ) -> Reconstruction:
-        if settings.refine not in REFINEMENTS:
-            raise GradleakError(f"unknown refine {settings.refine!r}; choose one of {REFINEMENTS}")
-        notes = self._notes(observation)
-        if settings.refine == "ig":
-            result = super().reconstruct(
-                observation, model, batch_size, settings, generator, callback
-            )
+        if context.settings.refine == "ig":
+            result = super().reconstruct(context)
             result.notes.update(notes)
             return result
-        images = self.inverter().invert(observation, batch_size)
-        strategy = resolve_strategy(settings.labels, observation)
-        if strategy == "joint":
-            raise GradleakError("refine 'none' optimizes nothing: labels must not be 'joint'")
-        labels = fixed_labels(strategy, observation, model, batch_size)
-        if callback is not None:  # one forward pass: done
-            callback(1, 1, float("nan"))
+        images = inverter.invert(context.observation, context.batch_size)
+        strategy = resolve_strategy(context.settings.labels, context.observation)
+        labels = fixed_labels(strategy, context.observation, context.model, context.batch_size)
+        context.progress(1, 1)  # one forward pass: done
         return Reconstruction(
             images=images, labels=labels.long(), attack=self.name, iterations=0, notes=notes
         )
 
-    def stages(self, context: MatchingContext) -> Iterator[Stage]:
+    def stages(self, context: AttackContext) -> Iterator[Stage]:
         """Inverting Gradients from the inverter's images (every restart starts there)."""
-        start = self.inverter().invert(context.observation, context.batch_size)
-        yield Stage(context.pixels(init=start), context.settings.iterations, name="ig")
+        start = _inverter(context.settings).invert(context.observation, context.batch_size)
+        yield Stage(free_pixels(context, init=start), context.settings.iterations, name="ig")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradleak.attacks.base import Attack, ProgressCallback, Reconstruction
+from gradleak.attacks.base import Attack, AttackContext, Reconstruction
 from gradleak.attacks.labels import fixed_labels, resolve_strategy
 from gradleak.attacks.objectives import GradientDistance
 from gradleak.attacks.parameterization import Pixels
@@ -29,10 +29,11 @@ from gradleak.attacks.priors import (
     image_norm,
     total_variation,
 )
-from gradleak.attacks.simulation import ClientSimulator
+from gradleak.attacks.requirements import LABELS
 from gradleak.errors import GradleakError
+from gradleak.gradient.simulation import ClientSimulator
+from gradleak.gradient.structure import batchnorm_layers
 from gradleak.models import ImageClassifier
-from gradleak.threat import Observation
 
 OPTIMIZERS = ("adam", "lbfgs")
 SCHEDULES = ("constant", "step", "cosine")
@@ -134,27 +135,17 @@ class Stage:
     name: str = ""
 
 
-@dataclass
-class MatchingContext:
-    """What a stage-building attack may use: the attacker's view and the run's settings."""
-
-    observation: Observation
-    model: ImageClassifier
-    batch_size: int
-    settings: MatchingSettings
-    generator: torch.Generator
-
-    def pixels(self, init: str | torch.Tensor | None = None) -> Pixels:
-        """Free pixels for every restart, initialized as the settings say (or from ``init``)."""
-        s = self.settings
-        return Pixels(
-            (s.restarts, self.batch_size, *self.model.input_shape),
-            init=s.init if init is None else init,
-            boxed=s.boxed,
-            generator=self.generator,
-            mean=self.model.mean,
-            std=self.model.std,
-        )
+def free_pixels(context: AttackContext, init: str | torch.Tensor | None = None) -> Pixels:
+    """Free pixels for every restart, initialized as the settings say (or from ``init``)."""
+    s = context.settings
+    return Pixels(
+        (s.restarts, context.batch_size, *context.model.input_shape),
+        init=s.init if init is None else init,
+        boxed=s.boxed,
+        generator=context.generator,
+        mean=context.model.mean,
+        std=context.model.std,
+    )
 
 
 class GradientMatchingAttack(Attack):
@@ -166,24 +157,31 @@ class GradientMatchingAttack(Attack):
 
     name = "gradient_matching"
     defaults = MatchingSettings()
+    requirements = (LABELS,)
 
-    def stages(self, context: MatchingContext) -> Iterator[Stage]:
+    def configure(self, context: AttackContext) -> None:
+        """Switch off GradInversion's BN prior on models without BatchNorm running statistics
+        and group consistency with a single restart."""
+        s = context.settings
+        if s.bn:
+            layers = batchnorm_layers(context.model)
+            if not layers or any(m.running_mean is None for m in layers):
+                what = "no BatchNorm layers" if not layers else "BatchNorm without running stats"
+                context.disable("bn", f"the BatchNorm prior needs them; the model has {what}")
+        if s.group and s.restarts < 2:
+            context.disable("group", "group consistency needs at least 2 restarts")
+
+    def stages(self, context: AttackContext) -> Iterator[Stage]:
         """The optimization's stages, in order; the default optimizes free pixels.
 
         A generator function: code after a ``yield`` runs once that stage has finished, so a
         later stage can start from an earlier one's variables (e.g. GIAS's latent, then weights).
         """
-        yield Stage(context.pixels(), context.settings.iterations)
+        yield Stage(free_pixels(context), context.settings.iterations)
 
-    def reconstruct(
-        self,
-        observation: Observation,
-        model: ImageClassifier,
-        batch_size: int,
-        settings: MatchingSettings,
-        generator: torch.Generator,
-        callback: ProgressCallback | None,
-    ) -> Reconstruction:
+    def reconstruct(self, context: AttackContext) -> Reconstruction:
+        observation, model, batch_size = context.observation, context.model, context.batch_size
+        settings, generator = context.settings, context.generator
         if settings.optimizer not in OPTIMIZERS:
             raise GradleakError(
                 f"unknown optimizer {settings.optimizer!r}; choose one of {OPTIMIZERS}"
@@ -218,7 +216,6 @@ class GradientMatchingAttack(Attack):
         history: list[float] = []
         frame_every = max(1, total // MAX_FRAMES)
         done = 0
-        context = MatchingContext(observation, model, batch_size, settings, generator)
         for stage in self.stages(context):
             parameterization = stage.parameterization
 
@@ -251,8 +248,7 @@ class GradientMatchingAttack(Attack):
                 if done % frame_every == 0 or done == 1:
                     frames.append(best.images[best.best_restart()].clamp(0, 1).clone())
                     frame_steps.append(done - 1)
-                if callback is not None:
-                    callback(done, total, current)
+                context.progress(done, total, current)
                 if not torch.isfinite(value):
                     break
                 total_best = float(best.objective.min())
@@ -293,7 +289,7 @@ class _ImagePrior:
         self.settings = settings
         self.mean, self.std = model.mean, model.std
         self.running = running_statistics
-        self.group = GroupConsistency() if settings.group and settings.restarts > 1 else None
+        self.group = GroupConsistency() if settings.group else None
 
     def __call__(self, images: torch.Tensor, statistics) -> torch.Tensor:
         s = self.settings

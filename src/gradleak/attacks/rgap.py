@@ -31,13 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradleak.attacks.base import Attack, ProgressCallback, Reconstruction
+from gradleak.attacks.base import Attack, AttackContext, Reconstruction, requirement
+from gradleak.attacks.registry import register_attack
+from gradleak.attacks.requirements import BATCH_SIZE_ONE, FEEDFORWARD
 from gradleak.errors import GradleakError
+from gradleak.gradient.linear import conv_gradient_operator, invert_linear_layer
+from gradleak.gradient.structure import Layer, feedforward_layers
 from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
-INVERTIBLE = (nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
 
 
 @dataclass(frozen=True)
@@ -52,129 +55,12 @@ class RGAPSettings:
             gradient constraints.
         balance: scale both blocks of equations to the size of their right-hand sides first
             (default). ``balance=False, weight_constraints=1`` is the paper's unweighted system.
-        iterations, restarts: unused (closed form); kept for the uniform call.
     """
 
     labels: str = "auto"
     dtype: str = "float64"
     weight_constraints: float = 1.0
     balance: bool = True
-    iterations: int = 1
-    restarts: int = 1
-
-
-# ---------------------------------------------------------------------- network structure
-@dataclass
-class Stage:
-    """One linear layer of a feed-forward network and the activation after it.
-
-    ``name`` is the layer's name in ``model.net``; ``in_shape``/``out_shape`` are per sample.
-    ``activation`` is None for the output layer.
-    """
-
-    name: str
-    layer: nn.Conv2d | nn.Linear
-    activation: nn.Module | None
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-
-    @property
-    def kind(self) -> str:
-        return "conv" if isinstance(self.layer, nn.Conv2d) else "fc"
-
-
-_REASONS: tuple[tuple[type, str], ...] = (
-    (nn.modules.batchnorm._BatchNorm, "BatchNorm mixes the batch and is not a linear layer"),
-    (nn.modules.pooling._MaxPoolNd, "max-pooling discards inputs"),
-    (nn.modules.pooling._AvgPoolNd, "pooling is not supported"),
-    (nn.modules.pooling._AdaptiveAvgPoolNd, "pooling is not supported"),
-    (nn.modules.pooling._AdaptiveMaxPoolNd, "pooling is not supported"),
-    (
-        nn.ReLU,
-        "ReLU is not invertible (negative pre-activations all map to 0, so the weight "
-        "constraints W x = z are lost there); use leaky-ReLU, sigmoid or tanh",
-    ),
-)
-
-
-def feedforward_stages(
-    model: ImageClassifier, *, require_invertible: bool = True, what: str = "R-GAP"
-) -> list[Stage]:
-    """The network as a chain of conv/FC layers each followed by one activation.
-
-    Accepts networks whose leaf modules, in registration order, are ``Conv2d``/``Linear`` layers,
-    element-wise activations, ``Flatten`` and ``Identity``, and checks that chaining them
-    reproduces ``model.net``'s output.
-
-    Raises:
-        GradleakError: for pooling, BatchNorm, ReLU (when ``require_invertible``), other modules,
-            convolutions with groups or dilation, or a network that is not such a chain.
-    """
-    net = model.net
-    leaves = [(n, m) for n, m in net.named_modules() if not list(m.children())]
-    stages: list[Stage] = []
-    activations_ok = INVERTIBLE if require_invertible else (*INVERTIBLE, nn.ReLU)
-    for name, module in leaves:
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            if stages and stages[-1].activation is None:
-                raise GradleakError(
-                    f"{what} needs an activation between layers; '{stages[-1].name}' is "
-                    f"followed directly by '{name}'"
-                )
-            if isinstance(module, nn.Conv2d) and (
-                module.groups != 1
-                or tuple(module.dilation) != (1, 1)
-                or module.padding_mode != "zeros"
-                or isinstance(module.padding, str)
-            ):
-                raise GradleakError(
-                    f"{what} supports plain convolutions only; '{name}' uses groups, dilation "
-                    f"or non-zero padding"
-                )
-            stages.append(Stage(name, module, None, (), ()))
-        elif isinstance(module, activations_ok):
-            if not stages or stages[-1].activation is not None:
-                raise GradleakError(f"{what}: activation '{name}' does not follow a layer")
-            if isinstance(module, nn.LeakyReLU) and module.negative_slope <= 0:
-                raise GradleakError(f"{what}: leaky-ReLU '{name}' needs a positive slope")
-            stages[-1].activation = module
-        elif isinstance(module, nn.Flatten | nn.Identity):
-            continue
-        else:
-            reason = next((r for t, r in _REASONS if isinstance(module, t)), None)
-            kind = type(module).__name__
-            raise GradleakError(
-                f"{what} cannot attack model '{model.config.get('name')}': layer '{name}' "
-                f"({kind}): {reason or 'only conv/linear layers and invertible activations'}"
-            )
-    if not stages or not isinstance(stages[-1].layer, nn.Linear):
-        raise GradleakError(f"{what} needs a fully-connected output layer")
-    if stages[-1].activation is not None:
-        raise GradleakError(f"{what} needs logits out of the last layer, not an activation")
-    _infer_shapes(model, stages, what)
-    return stages
-
-
-def _infer_shapes(model: ImageClassifier, stages: list[Stage], what: str) -> None:
-    """Fill in per-sample shapes and check that the chain reproduces the network."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand(2, *model.input_shape, generator=generator)
-    with torch.no_grad():
-        expected = model(x)
-        h = (x - model.mean) / model.std
-        for stage in stages:
-            if isinstance(stage.layer, nn.Linear):
-                h = h.flatten(1)
-            stage.in_shape = tuple(h.shape[1:])
-            h = stage.layer(h)
-            stage.out_shape = tuple(h.shape[1:])
-            if stage.activation is not None:
-                h = stage.activation(h)
-    if h.shape != expected.shape or not torch.allclose(h, expected, rtol=1e-4, atol=1e-5):
-        raise GradleakError(
-            f"{what} needs a plain feed-forward network: chaining the layers of model "
-            f"'{model.config.get('name')}' does not reproduce its output"
-        )
 
 
 # ---------------------------------------------------------------------- activations
@@ -214,7 +100,7 @@ def output_layer_input(
     """Input ``x`` and ``delta = dL/dz`` of a softmax cross-entropy output layer, batch of one.
 
     With a bias, ``delta`` is the bias gradient and ``x`` follows from
-    :func:`~gradleak.attacks.bias.invert_linear_layer`. Without one, ``G = delta x^T`` gives
+    :func:`~gradleak.gradient.linear.invert_linear_layer`. Without one, ``G = delta x^T`` gives
     ``x = s v`` only up to its scale ``s > 0`` (``v`` the unit top right singular vector of
     ``G``, signed so that ``u = G v = s delta`` is negative at the label). For every class ``j``
     but the label ``c``, ``delta_j = softmax(W x)_j``, i.e.
@@ -228,8 +114,6 @@ def output_layer_input(
         ``(x, delta, label)``.
     """
     if bias_grad is not None:
-        from gradleak.attacks.bias import invert_linear_layer
-
         x = invert_linear_layer(weight_grad, bias_grad, weight_grad.dtype)
         return x, bias_grad, int(bias_grad.argmin()) if label is None else int(label)
     classes = weight_grad.shape[0]
@@ -319,24 +203,8 @@ def conv_gram(layer: nn.Conv2d, in_shape: tuple[int, ...], weight: torch.Tensor)
     return gram.view(n, n)
 
 
-def conv_gradient_operator(
-    layer: nn.Conv2d, in_shape: tuple[int, ...], delta: torch.Tensor
-) -> torch.Tensor:
-    """``D^T``, ``(H W, C_out k^2)``: ``dL/dW[:, c] = D x_c`` for every input channel ``c``.
-
-    The weight gradient of a convolution is ``delta`` correlated with the patches of its input
-    (R-GAP eq. 8): the same linear map ``D`` of each input channel's pixels.
-    """
-    _, height, width = in_shape
-    pixels = height * width
-    basis = torch.eye(pixels, dtype=delta.dtype).view(pixels, 1, height, width)
-    patches = F.unfold(basis, layer.kernel_size, padding=layer.padding, stride=layer.stride)
-    delta = delta.reshape(delta.shape[0], -1)  # (C_out, L)
-    return torch.einsum("pkl,ol->pok", patches, delta).reshape(pixels, -1)
-
-
 def solve_layer_input(
-    stage: Stage,
+    stage: Layer,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     weight_grad: torch.Tensor,
@@ -406,7 +274,7 @@ def _solve_psd(normal: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.lstsq(normal, rhs.unsqueeze(1), driver="gelsd").solution.squeeze(1)
 
 
-def _backprop_delta(stage: Stage, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def _backprop_delta(stage: Layer, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """``W^T delta``: dL/d(input) of ``stage`` in its per-sample input shape."""
     if isinstance(stage.layer, nn.Linear):
         return (weight.T @ delta).reshape(stage.in_shape)
@@ -443,7 +311,7 @@ def rgap_invert(
             f"R-GAP reconstructs a batch of one; the observation has batch size "
             f"{observation.known_batch_size}"
         )
-    stages = feedforward_stages(model)
+    stages = feedforward_layers(model)
 
     def tensor(name: str) -> torch.Tensor:
         source = (
@@ -491,6 +359,17 @@ def rgap_invert(
     return image, label
 
 
+@requirement("labels 'auto', 'known' or 'analytic'")
+def LABEL_SETTING(context: AttackContext) -> str | None:
+    labels = context.settings.labels
+    if labels not in ("auto", "known", "analytic"):
+        return f"R-GAP labels must be 'auto', 'known' or 'analytic', got {labels!r}"
+    if labels == "known" and context.observation.labels is None:
+        return "labels='known' but the threat model hides the labels"
+    return None
+
+
+@register_attack
 class RGAP(Attack):
     """R-GAP: closed-form recursive inversion of a feed-forward network, batch size 1.
 
@@ -513,39 +392,25 @@ class RGAP(Attack):
 
     name = "rgap"
     defaults = RGAPSettings()
+    requirements = (BATCH_SIZE_ONE, FEEDFORWARD, LABEL_SETTING)
+    expected = "the image in closed form where every layer's system has full rank"
 
-    def reconstruct(
-        self,
-        observation: Observation,
-        model: ImageClassifier,
-        batch_size: int,
-        settings: RGAPSettings,
-        generator: torch.Generator,
-        callback: ProgressCallback | None,
-    ) -> Reconstruction:
-        if batch_size != 1:
-            raise GradleakError(f"R-GAP reconstructs a batch of one; got batch size {batch_size}")
+    def reconstruct(self, context: AttackContext) -> Reconstruction:
+        settings, observation = context.settings, context.observation
         if settings.dtype not in DTYPES:
             raise GradleakError(f"dtype must be one of {sorted(DTYPES)}, got {settings.dtype!r}")
-        if settings.labels not in ("auto", "known", "analytic"):
-            raise GradleakError(
-                f"R-GAP labels must be 'auto', 'known' or 'analytic', got {settings.labels!r}"
-            )
         label = None
         if settings.labels in ("auto", "known") and observation.labels is not None:
             label = int(observation.labels[0])
-        elif settings.labels == "known":
-            raise GradleakError("labels='known' but the threat model hides the labels")
         image, label = rgap_invert(
             observation,
-            model,
+            context.model,
             label=label,
             dtype=DTYPES[settings.dtype],
             weight_constraints=settings.weight_constraints,
             balance=settings.balance,
         )
-        if callback is not None:
-            callback(1, 1, float("nan"))
+        context.progress(1, 1)
         return Reconstruction(
             images=image.float().clamp(0, 1).unsqueeze(0),
             labels=torch.tensor([label], dtype=torch.long),

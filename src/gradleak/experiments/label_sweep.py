@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from gradleak.analysis.batch_size import estimate_batch_size
-from gradleak.analysis.labels import LabelRecovery, bias, ilrg, llg, recover_labels, yin
 from gradleak.data import DATASETS, ImageSet, load_images, shared_file
+from gradleak.gradient import estimate_batch_size
+from gradleak.gradient.labels import LabelRecovery, bias, ilrg, llg, recover_labels, yin
 from gradleak.metrics import label_accuracy
 from gradleak.models import ImageClassifier, build_model
 from gradleak.report import ResultsFile

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from gradleak.analysis.batch_size import estimate_batch_size
 from gradleak.data import load_images
 from gradleak.data.auxiliary import auxiliary_images
 from gradleak.defenses import apply_defense
 from gradleak.experiments.runner import make_batches
 from gradleak.experiments.study import ProgressFactory, Study, steps_to_reach
+from gradleak.gradient import estimate_batch_size
 from gradleak.models import build_model
 from gradleak.models.weights import weight_drift
 from gradleak.threat import observe

@@ -33,7 +33,7 @@ from gradleak.errors import GradleakError
 from gradleak.learned.hashing import FeatureHasher, flatten_gradients
 from gradleak.learning import load_artifact
 from gradleak.models.weights import weight_drift
-from gradleak.report.results import json_safe
+from gradleak.records import json_safe
 from gradleak.threat import Observation
 
 KIND = "inverter"

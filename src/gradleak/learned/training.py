@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from gradleak.attacks.simulation import ClientSimulator
 from gradleak.data.auxiliary import check_disjoint
 from gradleak.data.imageset import ImageSet
 from gradleak.errors import GradleakError
+from gradleak.gradient.simulation import ClientSimulator
 from gradleak.learned.hashing import FeatureHasher
 from gradleak.learned.inverter import (
     KIND,
@@ -38,7 +38,7 @@ from gradleak.learning import default_checkpoint, save_artifact, train
 from gradleak.learning.trainer import TrainProgress
 from gradleak.models import ImageClassifier
 from gradleak.models.weights import model_fingerprint, weight_norm
-from gradleak.report.results import json_safe
+from gradleak.records import json_safe
 
 EVAL_BATCHES = 512
 

@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gradleak.errors import GradleakError
-from gradleak.report.results import environment, json_safe
+from gradleak.records import environment, json_safe
 
 ARTIFACT_FORMAT = "gradleak.artifact/1"
 

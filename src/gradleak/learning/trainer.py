@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from gradleak.errors import GradleakError
-from gradleak.report.results import json_safe
+from gradleak.records import json_safe
 
 CHECKPOINT_FORMAT = "gradleak.checkpoint/1"
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 
 from gradleak.errors import GradleakError
+from gradleak.gradient.structure import batchnorm_layers
 from gradleak.models import ImageClassifier
 
 BatchStatistics = list[tuple[torch.Tensor, torch.Tensor]]
@@ -36,10 +37,6 @@ def soft_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 def _stack(parts) -> torch.Tensor:
     """Stack per-restart tensors; a single one becomes a view, not a copy."""
     return parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 class ClientSimulator:

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gradleak.attacks.labels import idlg_label, output_layer
 from gradleak.errors import GradleakError
+from gradleak.gradient.structure import output_layer
 from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
@@ -108,11 +108,35 @@ def output_gradients(view: Observation, model: ImageClassifier) -> OutputGradien
 
 
 # ---------------------------------------------------------------------- methods
+def idlg_label(
+    observation: Observation, model: ImageClassifier, batch_size: int | None = None
+) -> torch.Tensor:
+    """iDLG's analytic label for a batch of one. Returns a (1,) int64 tensor.
+
+    With cross-entropy, the gradient of the output layer's bias is softmax(z) - onehot(y),
+    negative only at the true class; without a bias, the weight gradient's row (p_c - y_c) a is
+    negative only at the true class for non-negative features a (sigmoid/ReLU), so the row with
+    the smallest sum is the label. ``batch_size`` is the attacker's (known or guessed) batch
+    size; default: the observation's known one, else 1.
+    """
+    size = batch_size or observation.known_batch_size or 1
+    if size != 1:
+        raise GradleakError(
+            f"iDLG's analytic label needs batch size 1, the observation has {size}; "
+            "use known labels, batch label recovery or joint optimization"
+        )
+    name, layer = output_layer(model)
+    if layer.bias is not None:
+        return observation.gradients[f"{name}.bias"].argmin().reshape(1)
+    weight_grad = observation.gradients[f"{name}.weight"]
+    return weight_grad.sum(1).argmin().reshape(1)
+
+
 def idlg(view: Observation, model: ImageClassifier, batch_size: int | None = None) -> LabelRecovery:
     """iDLG (Zhao et al. 2020, "iDLG: Improved Deep Leakage from Gradients", sec. 3.2).
 
     For one image, dL/db = p - y is negative only at the true class
-    (:func:`gradleak.attacks.labels.idlg_label`). Batch size 1 only.
+    (:func:`idlg_label`). Batch size 1 only.
     """
     size = resolve_batch_size(view, batch_size, "idlg")
     if size != 1:
@@ -246,7 +270,7 @@ def recover_labels(
     """Recover a batch's labels with ``method`` (``"auto"``: iDLG for one image, else ``bias``).
 
     The batch size is ``batch_size`` if given, else the observation's if known, else estimated by
-    :func:`gradleak.analysis.batch_size.estimate_batch_size` (``details["batch_size_exact"]`` says
+    :func:`gradleak.gradient.estimate_batch_size` (``details["batch_size_exact"]`` says
     whether the estimate is exact or only the best guess above a rank bound).
 
     Args:
@@ -266,7 +290,7 @@ def recover_labels(
     model = model if model is not None else view.build_model()
     details = {}
     if batch_size is None and view.known_batch_size is None:
-        from gradleak.analysis.batch_size import estimate_batch_size
+        from gradleak.gradient.batch_size import estimate_batch_size  # (it uses this module)
 
         batch_size, evidence = estimate_batch_size(view, model, return_details=True)
         details = {
@@ -420,6 +444,7 @@ __all__ = [
     "bias",
     "class_probabilities",
     "idlg",
+    "idlg_label",
     "ilrg",
     "llg",
     "output_gradients",

@@ -15,7 +15,7 @@ Numerical rank counts the singular values above
 matrix with entries of relative size ``eps``); measured, exact singular values sit 2 to 8 decades
 above it and rounding noise at 0.3 to 1.5 times it.
 
-**Counts.** With the bias-gradient counts of :func:`gradleak.analysis.labels.bias`, ``B db =
+**Counts.** With the bias-gradient counts of :func:`gradleak.gradient.labels.bias`, ``B db =
 Q^T n - n``: only the right ``B`` makes the solution ``n`` (nearly) integral. The candidate with
 the most integral counts above the rank's lower bound is returned; it is a best guess, off when
 the counts are noisy (trained or large-logit networks) or all share a common factor.
@@ -26,14 +26,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gradleak.analysis.labels import (
+from gradleak.errors import GradleakError
+from gradleak.gradient.labels import (
     class_probabilities,
     output_gradients,
     require_bias,
     solve_counts,
 )
-from gradleak.attacks.labels import output_layer
-from gradleak.errors import GradleakError
+from gradleak.gradient.structure import output_layer
 from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
