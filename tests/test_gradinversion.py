@@ -163,15 +163,16 @@ def test_bn_prior_pulls_the_batch_statistics_toward_the_running_ones(resnet20, c
 
 def test_priors_ablation_preset_runs_on_the_trained_resnet(tmp_path, cifar10):
     """Every variant of the preset runs on the trained ResNet (two real images, batch 1)."""
-    from gradleak.experiments import get_preset, run_preset
+    from gradleak.experiments import RunOptions, get_preset, run_experiment
 
     pixels = (cifar10.images[:2] * 255).round().byte().permute(0, 2, 3, 1).numpy()
     np.savez(tmp_path / "two.npz", images=pixels, labels=cifar10.labels[:2].numpy())
     preset = get_preset("priors-ablation")
-    assert preset.weights == "pretrained" and preset.model.startswith("resnet")
-    results = run_preset(
-        preset, tmp_path / "run", images=str(tmp_path / "two.npz"), iterations=2, restarts=2
-    )
-    assert {c["variant"] for c in results["cases"]} == {v.name for v in preset.variants}
-    assert all(c["psnr"] is not None for c in results["cases"])
+    (model,) = preset.settings.models
+    assert model.weights == "pretrained" and model.name.startswith("resnet")
+    options = RunOptions(images=str(tmp_path / "two.npz"), iterations=2, restarts=2)
+    results = run_experiment(preset, tmp_path / "run", options)
+    assert {c["variant"] for c in results["cases"]} == {m.variant for m in preset.settings.methods}
+    assert all(c["status"] == "done" and c["psnr"] is not None for c in results["cases"])
+    assert all(c["settings"]["restarts"] == 2 for c in results["cases"])
     assert (tmp_path / "run" / "results.json").exists()

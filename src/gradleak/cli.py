@@ -1,8 +1,10 @@
-"""Command line: ``gradleak demo | run | list | observe | attack | analyze | train-prior |
+"""Command line: ``gradleak demo | run | sweep | list | observe | attack | analyze | train-prior |
 train-inverter``.
 
-The CLI only parses, shows progress and prints tables; the work is done by the library. Every
-user error prints one line ``error: ...`` and exits with status 2.
+The CLI only parses, shows progress and prints tables; the work is done by the library, imported
+inside each command so that ``gradleak --help`` and ``gradleak list`` never import torch. Every
+user error prints one line ``error: ...`` and exits with status 2; Ctrl-C exits with 130 and
+says what was kept.
 """
 
 from __future__ import annotations
@@ -13,11 +15,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gradleak.errors import GradleakError
-from gradleak.report.results import finest_groups
 
 app = typer.Typer(
     add_completion=False,
@@ -27,39 +27,115 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+THREADS_HELP = "CPU threads per process (default: 1 for small models and sweep workers)."
+
+
+def _threads_option():
+    return typer.Option(None, "--threads", min=1, envvar="GRADLEAK_THREADS", help=THREADS_HELP)
+
+
+# ---------------------------------------------------------------------- progress
+class _Shown:
+    """A run's progress (see :class:`gradleak.experiments.runner.Progress`): rich bars on a
+    terminal, one plain line per event otherwise."""
+
+    def __init__(self, bar=None):
+        self.bar = bar
+        self.task = None
+
+    def case_started(self, case, position: int, total: int):
+        if self.bar is None:
+            return None
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task(f"[{position}/{total}] {case.id}", total=None)
+
+        def callback(done: int, total_: int, value: float) -> None:
+            self.bar.update(self.task, completed=done, total=total_)
+
+        return callback
+
+    def case_finished(self, case, record: dict, position: int, total: int) -> None:
+        line = _case_line(case.id, record, position, total)
+        (self.bar.console if self.bar is not None else console).print(
+            line, highlight=False, soft_wrap=True
+        )
+
+    def training(self, name: str, steps: int):
+        self.note(f"training {name} ({steps} steps; resumes if interrupted)")
+        if self.bar is None:
+            return _plain_training(name)
+        task = self.bar.add_task(name, total=steps)
+
+        def callback(done: int, total_: int, values: dict) -> None:
+            self.bar.update(task, completed=done, total=total_)
+
+        return callback
+
+    def note(self, text: str) -> None:
+        (self.bar.console if self.bar is not None else console).print(text, highlight=False)
+
 
 @contextmanager
 def _progress():
-    """A rich progress bar; yields a factory ``(case_id, total) -> callback``."""
+    """A :class:`_Shown` with a live bar on a terminal, plain lines otherwise."""
+    if not console.is_terminal:
+        yield _Shown()
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
-        TextColumn("dist {task.fields[distance]:.3e}"),
         TimeElapsedColumn(),
         console=console,
-        transient=False,
     ) as bar:
+        yield _Shown(bar)
 
-        def factory(case_id: str, total: int):
-            task = bar.add_task(case_id, total=total, distance=float("nan"))
 
-            def callback(done: int, total_: int, distance: float) -> None:
-                bar.update(task, completed=done, total=total_, distance=distance)
+def _case_line(case_id: str, record: dict, position: int, total: int) -> str:
+    status = record.get("status", "done")
+    if status != "done":
+        return f"[{position}/{total}] {case_id}: {status}: {record.get('error', '')}"
+    facts = []
+    if isinstance(record.get("psnr"), float):
+        facts.append(f"PSNR {record['psnr']:.2f} dB")
+    if isinstance(record.get("label_accuracy"), float):
+        facts.append(f"label acc. {record['label_accuracy']:.2f}")
+    if "estimate" in record:
+        facts.append(f"batch size {record['estimate']}")
+    facts.append(f"{record.get('wall_seconds', 0.0):.1f} s")
+    return f"[{position}/{total}] {case_id}: {', '.join(facts)}"
 
-            return callback
 
-        yield factory
+def _plain_training(name: str):
+    step = {"next": 0.0}
+
+    def callback(done: int, total: int, values: dict) -> None:
+        if done / total >= step["next"] or done == total:
+            step["next"] += 0.1
+            text = "  ".join(f"{k} {float(v):.4g}" for k, v in values.items())
+            console.print(f"{name}: {done}/{total}  {text}", highlight=False)
+
+    return callback
 
 
 def _print_results(results: dict) -> None:
-    table = Table(title=f"{results['preset']}: {results['summary']['n_cases']} cases")
-    for column in ("variant", "cases", "PSNR median", "SSIM median", "label acc.", "s / case"):
-        table.add_column(column, justify="right" if column != "variant" else "left")
-    for name, s in finest_groups(results["summary"]).items():
+    from gradleak.experiments.store import finest_groups
+
+    summary = results["summary"]
+    title = f"{results['preset']}: {summary['n_cases']} cases"
+    not_run = summary["n_cases"] - summary["n_done"]
+    if not_run:
+        title += f" ({summary['n_skipped']} skipped, {summary['n_failed']} failed)"
+    table = Table(title=title)
+    for column in ("group", "cases", "PSNR median", "SSIM median", "label acc.", "s / case"):
+        table.add_column(column, justify="right" if column != "group" else "left")
+    for name, s in finest_groups(summary).items():
         table.add_row(
             name,
-            str(s["n_cases"]),
+            f"{s['n_done']}/{s['n_cases']}",
             _fmt(s["psnr_median"], "{:.2f} dB"),
             _fmt(s["ssim_median"], "{:.3f}"),
             _fmt(s["label_accuracy"], "{:.2f}"),
@@ -72,106 +148,156 @@ def _fmt(value, pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
 
 
-def _run(name: str, out: Path, **kwargs) -> dict:
-    from gradleak.experiments import get_preset, run_preset
+def _execute(experiment, out: Path, options) -> dict:
+    """Run ``experiment`` into ``out`` with progress, print its table; say what was kept when
+    interrupted."""
+    from gradleak.experiments.runner import run_experiment
 
-    preset = get_preset(name)
-    model = kwargs.pop("model", None)
-    if model is not None:
-        preset = _with_model(preset, model)
-    console.print(f"[bold]{preset.name}[/]: {preset.description}")
-    with _progress() as factory:
-        results = run_preset(preset, out, progress=factory, **kwargs)
+    console.print(f"[bold]{experiment.name}[/]: {experiment.description}", highlight=False)
+    try:
+        with _progress() as progress:
+            results = run_experiment(experiment, out, options, progress=progress)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: every finished case is kept in {out} (results.json, cases/); "
+            "run the same command again to resume"
+        )
+        sys.exit(130)
     _print_results(results)
-    written = [out / n for n in ("results.json", "table.md", "overview.png", "overview.gif")]
-    console.print("written: " + ", ".join(str(p) for p in written if p.exists()))
+    written = ("results.json", "results.csv", "table.md", "overview.png", "summary.png")
+    console.print("written: " + ", ".join(str(out / n) for n in written if (out / n).exists()))
     return results
 
 
-def _with_model(preset, model: str):
-    """``preset`` on another registered model, with the same kind of weights."""
-    import dataclasses
+def _options(**values):
+    from gradleak.experiments.spec import RunOptions
 
-    from gradleak.experiments.presets import SweepPreset
-    from gradleak.models import list_models
-
-    if isinstance(preset, SweepPreset):
-        raise GradleakError(f"preset {preset.name!r} chooses its own models; drop --model")
-    if model not in list_models():
-        raise GradleakError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
-    return dataclasses.replace(preset, model=model)
+    return RunOptions(**{k: v for k, v in values.items() if v is not None})
 
 
+# ---------------------------------------------------------------------- commands
 @app.command()
 def demo(
     out: Path = typer.Option(Path("gradleak-demo"), help="Output folder."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = typer.Option(None, help="Random seed."),
+    threads: int = _threads_option(),
 ) -> None:
     """Reconstruct bundled real photos from one training step's gradient (about a minute)."""
-    _run("demo", out, seed=seed)
+    from gradleak.experiments import get_preset
+
+    _execute(get_preset("demo"), out, _options(seed=seed, threads=threads))
+
+
+def _run_options(
+    images, n_images, iterations, restarts, seed, batch_size, threads, workers, backend, address
+):
+    return _options(
+        images=images,
+        n_images=n_images,
+        iterations=iterations,
+        restarts=restarts,
+        seed=seed,
+        batch_size=batch_size,
+        threads=threads,
+        workers=workers,
+        backend=backend,
+        address=address,
+    )
+
+
+IMAGES_HELP = "Image folder, image files, .npz or dataset name."
 
 
 @app.command()
 def run(
     preset: str = typer.Argument(..., help="Preset name (see `gradleak list`)."),
     out: Path = typer.Option(None, help="Output folder (default runs/PRESET)."),
-    images: str = typer.Option(None, help="Image folder, image files, .npz or dataset name."),
+    images: str = typer.Option(None, help=IMAGES_HELP),
     n_images: int = typer.Option(None, "--n-images", min=1, help="How many images to use."),
     iterations: int = typer.Option(None, min=1, help="Optimizer steps per attack."),
     restarts: int = typer.Option(None, min=1, help="Random restarts per attack."),
-    seed: int = typer.Option(0, help="Random seed (model init and attacks)."),
+    seed: int = typer.Option(None, help="Random seed (model init and attacks)."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Client batch size."),
     model: str = typer.Option(None, help="Attack another registered model (e.g. resnet56)."),
+    threads: int = _threads_option(),
+    workers: int = typer.Option(1, min=1, help="Cases run in parallel (processes)."),
+    backend: str = typer.Option("local", help="local (processes here) or ray."),
+    address: str = typer.Option(None, help="Ray cluster to join (default: start one)."),
 ) -> None:
     """Run one of the reference write-up's experiments; resumes an interrupted run."""
-    _run(
-        preset,
-        out or Path("runs") / (preset if model is None else f"{preset}-{model}"),
-        model=model,
-        images=images,
-        n_images=n_images,
-        iterations=iterations,
-        restarts=restarts,
-        seed=seed,
+    from gradleak.experiments import get_preset
+    from gradleak.experiments.spec import with_model
+
+    experiment = get_preset(preset)
+    if model is not None:
+        from gradleak import catalog
+
+        if model not in catalog.models():
+            known = ", ".join(catalog.models())
+            raise GradleakError(f"unknown model {model!r}; choose one of: {known}")
+        experiment = with_model(experiment, model)
+    options = _run_options(
+        images, n_images, iterations, restarts, seed, batch_size, threads, workers, backend, address
     )
+    default = Path("runs") / (preset if model is None else f"{preset}-{model}")
+    _execute(experiment, out or default, options)
+
+
+@app.command()
+def sweep(
+    grid: Path = typer.Argument(..., help="TOML grid file (see the README and examples/)."),
+    out: Path = typer.Option(..., help="Output folder."),
+    images: str = typer.Option(None, help=IMAGES_HELP + " Overrides the file's."),
+    n_images: int = typer.Option(None, "--n-images", min=1, help="How many images to use."),
+    iterations: int = typer.Option(None, min=1, help="Steps of attacks that set none."),
+    restarts: int = typer.Option(None, min=1, help="Restarts of attacks that set none."),
+    seed: int = typer.Option(None, help="Replaces the file's seeds."),
+    workers: int = typer.Option(None, min=1, help="Cases run in parallel (default: free cores)."),
+    backend: str = typer.Option("local", help="local (a process pool) or ray."),
+    address: str = typer.Option(None, help="Ray cluster to join (default: start one)."),
+    threads: int = _threads_option(),
+) -> None:
+    """Run a grid of cases (models x batches x attacks x defenses x seeds) from a TOML file."""
+    from gradleak import threads as policy
+    from gradleak.experiments.sweep import load_sweep
+
+    experiment = load_sweep(grid)
+    options = _run_options(
+        images, n_images, iterations, restarts, seed, None, threads,
+        workers or policy.free_cores(), backend, address,
+    )  # fmt: skip
+    _execute(experiment, out, options)
 
 
 @app.command("list")
 def list_all() -> None:
     """List presets, models and attack methods."""
-    from gradleak.attacks import ATTACKS
-    from gradleak.experiments import PRESETS
-    from gradleak.models import list_models, model_info
+    from gradleak import catalog
+    from gradleak.experiments.presets import PRESETS
 
-    table = Table(title="presets")
-    table.add_column("name")
-    table.add_column("description")
-    for name, preset in sorted(PRESETS.items()):
-        table.add_row(name, preset.description)
-    console.print(table)
-    table = Table(title="models")
-    table.add_column("name")
-    table.add_column("description")
-    for name in list_models():
-        table.add_row(name, str(model_info(name).get("description", "")))
-    console.print(table)
-    table = Table(title="attack methods")
-    table.add_column("name")
-    table.add_column("description")
-    for name, cls in sorted(ATTACKS.items()):
-        table.add_row(name, (cls.__doc__ or "").strip().splitlines()[0])
-    console.print(table)
+    for title, rows in (
+        ("presets", {name: e.description for name, e in sorted(PRESETS.items())}),
+        ("models", catalog.models()),
+        ("attack methods", catalog.attacks()),
+    ):
+        table = Table(title=title)
+        table.add_column("name")
+        table.add_column("description")
+        for name, description in rows.items():
+            table.add_row(name, description)
+        console.print(table)
 
 
 @app.command()
 def observe(
     model: str = typer.Option(..., help="Model name (see `gradleak list`)."),
-    images: str = typer.Option(..., help="Image folder, image files, .npz or dataset name."),
+    images: str = typer.Option(..., help=IMAGES_HELP),
     out: Path = typer.Option(..., help="Observation file to write (.safetensors)."),
     width: int = typer.Option(None, help="Model width (e.g. mlp4 hidden units)."),
     weights: Path = typer.Option(None, help="Model weights (.safetensors) instead of init."),
     image_size: int = typer.Option(32, "--image-size", min=4, help="Input size of the model."),
     channels: int = typer.Option(3, min=1, max=3, help="Image channels: 3 (RGB) or 1 (gray)."),
-    num_classes: int = typer.Option(None, "--num-classes", help="Default: max(10, #classes)."),
+    num_classes: int = typer.Option(None, "--num-classes", help="Default: sized from the data."),
     n_images: int = typer.Option(None, "--n-images", min=1, help="Batch size (first N images)."),
     labels: str = typer.Option(None, help="Comma-separated labels instead of folder names."),
     bn_mode: str = typer.Option("train", "--bn-mode", help="BatchNorm mode: train or eval."),
@@ -180,6 +306,7 @@ def observe(
         False, "--hide-batch-size", help="Server does not know the batch size."
     ),
     seed: int = typer.Option(0, help="Seed of the model's initialization."),
+    threads: int = _threads_option(),
 ) -> None:
     """Simulate a client's training step on your images and save what the server sees."""
     import torch
@@ -201,16 +328,16 @@ def observe(
         if len(values) != len(batch):
             raise GradleakError(f"--labels gives {len(values)} labels for {len(batch)} images")
         label_tensor = torch.tensor(values)
-    classes = num_classes or max(10, len(batch.class_names), int(label_tensor.max()) + 1)
     net = build_model(
         model,
-        num_classes=classes,
+        num_classes=num_classes or _classes_of(batch, label_tensor),
         in_channels=channels,
         image_size=image_size,
         width=width,
         seed=seed,
         weights=str(weights) if weights else None,
     )
+    _use_threads(threads, net)
     observation = make_observation(
         net,
         batch.images,
@@ -228,71 +355,54 @@ def observe(
     )
 
 
+def _classes_of(batch, labels=None) -> int:
+    """The output layer ``batch`` needs: ``max(10, its classes, largest label + 1)``."""
+    from gradleak.experiments.build import num_classes
+
+    labels = batch.labels if labels is None else labels
+    return max(num_classes(batch), int(labels.max()) + 1)
+
+
+def _use_threads(threads: int | None, model=None) -> None:
+    from gradleak import threads as policy
+
+    macs = policy.model_macs(model) if model is not None else None
+    policy.apply(policy.choose(threads, macs=macs))
+
+
 @app.command()
 def attack(
     observation: Path = typer.Argument(..., help="Observation file from `gradleak observe`."),
-    method: str = typer.Option("inverting_gradients", help="Attack method (`gradleak list`)."),
+    method: str = typer.Option(
+        "inverting_gradients", help="Attack (`gradleak list`), or auto: every one that applies."
+    ),
     out: Path = typer.Option(..., help="Output folder."),
-    iterations: int = typer.Option(None, min=1, help="Optimizer steps."),
-    restarts: int = typer.Option(None, min=1, help="Random restarts."),
-    seed: int = typer.Option(0, help="Random seed."),
+    iterations: int = typer.Option(None, min=1, help="Optimizer steps (iterative attacks)."),
+    restarts: int = typer.Option(None, min=1, help="Random restarts (iterative attacks)."),
+    seed: int = typer.Option(None, help="Random seed."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Guess if hidden."),
     option: list[str] = typer.Option(
-        None, "--set", help="Attack setting KEY=VALUE, e.g. --set tv=1e-3 --set distance=l2."
+        None, "--set", help="Attack setting KEY=VALUE, e.g. --set tv=1e-3 --set refine=none."
     ),
     prior: Path = typer.Option(None, help="Generator from `gradleak train-prior` (gias, gifd)."),
     inverter: Path = typer.Option(None, help="Inverter from `gradleak train-inverter` (learned)."),
-    init_only: bool = typer.Option(
-        False, "--init-only", help="learned: the inverter's output alone, no optimization."
-    ),
-    refine: str = typer.Option(
-        None, help="learned: optimization started from the inverter's output (ig)."
-    ),
+    threads: int = _threads_option(),
 ) -> None:
     """Reconstruct the images (and labels) behind an observation."""
-    from gradleak.experiments import attack_and_report
-    from gradleak.report import ResultsFile
-    from gradleak.threat import load_observation
+    from gradleak.experiments.attacking import attack_experiment
 
-    obs = load_observation(observation)
     settings = _parse_settings(option or [])
-    settings.update(_artifact_settings(method, prior, inverter, init_only, refine))
-    results = ResultsFile(
-        out / "results.json",
-        "attack",
-        {
-            "observation": str(observation),
-            "method": method,
-            "attack_settings": settings,
-            "iterations": iterations,
-            "restarts": restarts,
-            "seed": seed,
-        },
-        group_keys=("variant",),
+    settings.update({k: str(v) for k, v in (("prior", prior), ("inverter", inverter)) if v})
+    experiment = attack_experiment(str(observation), method, settings)
+    options = _options(
+        iterations=iterations, restarts=restarts, seed=seed, batch_size=batch_size, threads=threads
     )
-    if batch_size is not None and obs.knows_batch_size and batch_size != obs.batch_size:
-        raise GradleakError(f"--batch-size {batch_size} contradicts the known {obs.batch_size}")
-    with _progress() as factory:
-        from gradleak.attacks import get_attack
-
-        attack_obj = get_attack(method, **settings)
-        total = iterations or attack_obj.settings.iterations
-        callback = factory(method, total)
-        if not obs.knows_batch_size:
-            obs.batch_size = batch_size or obs.batch_size
-        _, case = attack_and_report(
-            obs,
-            method,
-            settings,
-            out=out,
-            iterations=iterations,
-            restarts=restarts,
-            seed=seed,
-            callback=callback,
+    results = _execute(experiment, out, options)
+    if method == "auto" and results.get("best"):
+        best = results["best"]
+        console.print(
+            f"best by gradient distance: {best['attack']} (cosine {best['cosine_distance']:.4g})"
         )
-    results.add({"id": method, "variant": method, **case})
-    _print_results(results.as_dict())
-    console.print(f"results: {out / 'results.json'}  figures: {out / 'grid.png'}")
 
 
 @app.command("train-prior")
@@ -307,18 +417,22 @@ def train_prior(
         None, help="Private images never to train on (their near-copies are dropped)."
     ),
     seed: int = typer.Option(0, help="Random seed."),
+    threads: int = _threads_option(),
 ) -> None:
     """Train a generative image prior (DCGAN) for GIAS/GIFD; resumes after an interruption."""
     from gradleak.data import load_images
     from gradleak.data.auxiliary import auxiliary_images
     from gradleak.generative import train_generator
 
+    _use_threads(threads)
     private = load_images(exclude, size=size, channels=channels) if exclude else None
     class_list = _parse_classes(classes)
     data = auxiliary_images(
         images, size=size, channels=channels, classes=class_list, exclude=private
     )
-    console.print(f"training a {size}x{size} generator on {len(data)} images of {data.source}")
+    console.print(
+        f"training a {channels}x{size}x{size} generator on {len(data)} images of {data.source}"
+    )
     with _training_progress("train-prior", steps) as callback:
         train_generator(
             data.images,
@@ -343,11 +457,14 @@ def train_inverter_command(
     weights: Path = typer.Option(None, help="Model weights (.safetensors) instead of init."),
     image_size: int = typer.Option(32, "--image-size", min=4, help="Input size of the model."),
     channels: int = typer.Option(3, min=1, max=3, help="Image channels: 3 (RGB) or 1 (gray)."),
-    num_classes: int = typer.Option(10, "--num-classes", min=2, help="Model outputs."),
+    num_classes: int = typer.Option(
+        None, "--num-classes", min=2, help="Model outputs (default: sized from the data)."
+    ),
     exclude: str = typer.Option(
         None, help="Private images never to train on (their near-copies are dropped)."
     ),
     seed: int = typer.Option(0, help="Seed of the model's initialization and of training."),
+    threads: int = _threads_option(),
 ) -> None:
     """Train a learned inverter (gradient -> images) for one model; resumes when interrupted."""
     from gradleak.data import load_images
@@ -360,13 +477,17 @@ def train_inverter_command(
     data = auxiliary_images(images, size=image_size, channels=channels, exclude=private)
     net = build_model(
         model,
-        num_classes=num_classes,
+        num_classes=num_classes or _classes_of(data),
         in_channels=channels,
         image_size=image_size,
         seed=seed,
         weights=str(weights) if weights else None,
     )
-    console.print(f"training an inverter for {model} on {len(data)} images of {data.source}")
+    _use_threads(threads, net)
+    console.print(
+        f"training an inverter for {model} ({net.config['num_classes']} classes) on "
+        f"{len(data)} images of {data.source}"
+    )
     with _training_progress("train-inverter", steps) as callback:
         train_inverter(
             net,
@@ -385,13 +506,16 @@ def train_inverter_command(
 def analyze(
     observation: Path = typer.Argument(..., help="Observation file from `gradleak observe`."),
     json_file: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    threads: int = _threads_option(),
 ) -> None:
     """What an observation gives away: batch size, labels, per-layer rank, applicable attacks."""
     from gradleak.analysis.report import analyze as analyze_observation
-    from gradleak.report import write_json
+    from gradleak.records import write_json
     from gradleak.threat import load_observation
 
-    report = analyze_observation(load_observation(observation))
+    loaded = load_observation(observation)
+    _use_threads(threads)
+    report = analyze_observation(loaded)
     known = report["batch_size_known"]
     console.print(
         f"[bold]{observation}[/] (model {report['model']})\n"
@@ -414,7 +538,7 @@ def analyze(
         )
     console.print(table)
     table = Table(title="attacks")
-    for column in ("attack", "applies", "expected result"):
+    for column in ("attack", "applies", "expected result, or why not"):
         table.add_column(column)
     for name, info in report["attacks"].items():
         table.add_row(name, "yes" if info["applies"] else "no", info["expect"])
@@ -425,34 +549,15 @@ def analyze(
         console.print(f"report: {write_json(json_file, report)}")
 
 
-def _artifact_settings(
-    method: str, prior: Path | None, inverter: Path | None, init_only: bool, refine: str | None
-) -> dict:
-    """Attack settings from the artifact options, refusing those the method does not use."""
-    settings: dict = {}
-    if prior is not None:
-        if method not in ("gias", "gifd"):
-            raise GradleakError(f"--prior is for --method gias or gifd, not {method!r}")
-        settings["prior"] = str(prior)
-    if inverter is not None or init_only or refine is not None:
-        if method != "learned":
-            raise GradleakError(
-                f"--inverter, --init-only and --refine are for --method learned, not {method!r}"
-            )
-        if init_only and refine is not None:
-            raise GradleakError("--init-only and --refine exclude each other")
-        if inverter is not None:
-            settings["inverter"] = str(inverter)
-        if init_only:
-            settings["refine"] = "none"
-        elif refine is not None:
-            settings["refine"] = refine
-    return settings
-
-
 @contextmanager
 def _training_progress(description: str, total: int):
-    """A rich progress bar for a training run; yields ``callback(done, total, values)``."""
+    """A rich progress bar for a training run on a terminal, plain lines otherwise; yields
+    ``callback(done, total, values)``."""
+    if not console.is_terminal:
+        yield _plain_training(description)
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -521,7 +626,8 @@ def main() -> None:
         if callable(getattr(err, "show", None)) and hasattr(err, "exit_code"):
             err.show()
             sys.exit(2)
-        if type(err).__name__ == "Abort":
+        if type(err).__name__ == "Abort":  # click turns Ctrl-C into Abort
+            err_console.print("interrupted; results written so far are kept (rerun to resume)")
             sys.exit(130)
         raise
 

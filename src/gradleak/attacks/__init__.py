@@ -23,6 +23,7 @@ from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
 from gradleak.attacks.registry import (
     ATTACKS,
     attack_class,
+    attacks_taking,
     check_all,
     get_attack,
     list_attacks,
@@ -43,6 +44,7 @@ __all__ = [  # the registered attack classes are added by name
     "Reconstruction",
     "Requirement",
     "attack_class",
+    "attacks_taking",
     "check_all",
     "get_attack",
     "list_attacks",

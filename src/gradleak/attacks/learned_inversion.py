@@ -9,8 +9,6 @@ noise. When the threat model hides the batch size, the inverter's batch-size hea
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -48,6 +46,8 @@ class LearnedSettings(MatchingSettings):
 
 @requirement("an inverter trained for the observation's model")
 def INVERTER_FITS(context: AttackContext) -> str | None:
+    if not context.settings.inverter:
+        return None  # INVERTER says why
     try:
         context.notes["weight_drift"] = _inverter(context.settings).check(context.observation)
     except GradleakError as err:
@@ -67,19 +67,9 @@ def FIXED_LABELS(context: AttackContext) -> str | None:
 
 def _inverter(settings: LearnedSettings):
     """The inverter named by ``settings`` (read once per file version and process)."""
-    path = os.fspath(settings.inverter)
-    try:
-        stamp = os.stat(path).st_mtime_ns
-    except OSError:
-        stamp = None  # load_inverter says what is wrong
-    return _load(path, stamp)
+    from gradleak.learned import cached_inverter
 
-
-@functools.lru_cache(maxsize=4)
-def _load(path: str, stamp: int | None):
-    from gradleak.learned import load_inverter
-
-    return load_inverter(path)
+    return cached_inverter(settings.inverter)
 
 
 @register_attack

@@ -80,3 +80,20 @@ class GradientDistance:
             .sum(1)
             for w, g, t in zip(self.weights, candidate, self.target, strict=True)
         )
+
+
+def matching_distance(
+    observation, model, images: torch.Tensor, labels: torch.Tensor, kind: str = "cosine"
+) -> float:
+    """How well ``images`` with ``labels`` (B, ...) explain the observed gradient: the ``kind``
+    distance between their client gradient and the observation's. Comparable across attacks
+    (each reports its own objective), computed from what the attacker sees only."""
+    from gradleak.gradient.simulation import ClientSimulator
+
+    simulator = ClientSimulator(model)
+    distance = GradientDistance(
+        kind, [observation.gradients[n] for n in simulator.names], precise=True
+    )
+    with torch.no_grad():
+        gradients = simulator.gradients(images[None].detach(), labels[None].long())
+    return float(distance(gradients)[0])

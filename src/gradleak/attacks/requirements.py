@@ -37,7 +37,7 @@ def LABELS(context: AttackContext) -> str | None:
 @requirement("batch size 1")
 def BATCH_SIZE_ONE(context: AttackContext) -> str | None:
     if context.batch_size != 1:
-        return f"{context.attack} reconstructs a batch of one; the batch has {context.batch_size}"
+        return f"'{context.attack}' reconstructs a batch of one; the batch has {context.batch_size}"
     return None
 
 
@@ -68,7 +68,7 @@ def artifact(setting: str, kind: str, command: str) -> Requirement:
         path = getattr(context.settings, setting)
         if not path:
             return (
-                f"{context.attack} needs a trained {kind}: pass {setting}=<file> (--{setting}; "
+                f"'{context.attack}' needs a trained {kind}: pass {setting}=<file> (--{setting}; "
                 f"train one with `gradleak {command}`)"
             )
         try:

@@ -8,34 +8,36 @@ the batch size predicted from the gradient.
    images is held out of training to measure the batch-size prediction.
 2. Private CIFAR-10 test images, at every batch size: the inverter alone (``learned``), Inverting
    Gradients from noise (``ig``) and from the inverter's output (``learned+ig``); the PSNR per
-   iteration gives the iterations each needs to reach ``ig``'s final PSNR.
+   iteration gives the iterations each needs to reach ``ig``'s final PSNR (``speedup``).
 3. Defenses on the observation (Gaussian noise, top-k pruning) at batch size 1: ``learned`` and
    ``ig`` on the defended gradient.
 4. Drift: the model moves by FedAvg rounds; the inverter trained at round 0 attacks round k.
-5. Batch-size prediction accuracy for B = 1..``max_batch`` on held-out auxiliary batches, beside
-   the analytic estimate (:func:`gradleak.analysis.batch_size.estimate_batch_size`).
+5. Batch-size prediction for B = 1..``max_batch`` on held-out auxiliary batches: the inverter's
+   head beside the analytic estimate (:func:`gradleak.gradient.estimate_batch_size`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-
-from gradleak.data import load_images
-from gradleak.data.auxiliary import auxiliary_images
-from gradleak.defenses import apply_defense
-from gradleak.experiments.runner import make_batches
-from gradleak.experiments.study import ProgressFactory, Study, steps_to_reach
-from gradleak.gradient import estimate_batch_size
-from gradleak.models import build_model
-from gradleak.models.weights import weight_drift
-from gradleak.threat import observe
-from gradleak.threat.fedavg import fedavg_rounds
-
-PRESET = "learned-inversion"
+from gradleak.experiments.grid import Grid, grid_cases
+from gradleak.experiments.spec import (
+    ArtifactRef,
+    ArtifactSpec,
+    AttackSpec,
+    BatchSizeSpec,
+    Case,
+    DefenseSpec,
+    Experiment,
+    FedAvgSpec,
+    ImagesSpec,
+    ModelSpec,
+    ObservationSpec,
+    Split,
+)
 
 
 @dataclass(frozen=True)
@@ -64,155 +66,150 @@ class LearnedInversionSettings:
     size_trials: int = 20
     seed: int = 0
 
+    @property
+    def private(self) -> ImagesSpec:
+        return ImagesSpec(self.data, first=self.n_images)
 
-def run_learned_inversion(
-    out: str | Path,
-    *,
-    images: str | None = None,
-    n_images: int | None = None,
-    iterations: int | None = None,
-    restarts: int | None = None,
-    seed: int = 0,
-    progress: ProgressFactory | None = None,
-    settings: LearnedInversionSettings | None = None,
-) -> dict:
-    """Run the study (see the module docstring); resumable; returns ``results.json``'s content."""
-    from gradleak.learned import load_inverter, train_inverter
+    def auxiliary_part(self, part: str) -> ImagesSpec:
+        """The auxiliary images without the private ones, split by a seeded permutation into
+        ``held_out`` (kept in permutation order) and the ``rest`` (training, sorted back)."""
+        split = Split(self.seed, part, held_out=self.held_out, sort=part == "rest")
+        return ImagesSpec(self.auxiliary, exclude=self.private, split=split)
 
-    study = Study(
-        out, PRESET, settings or LearnedInversionSettings(), progress, images=images,
-        n_images=n_images, iterations=iterations, restarts=restarts,
-        seed=None if settings else seed,
-    )  # fmt: skip
-    s = study.settings
-    private = load_images(s.data).subset(slice(0, s.n_images))
-    auxiliary = auxiliary_images(s.auxiliary, exclude=private)
-    # A seeded random hold-out: data files are often sorted by class.
-    order = torch.randperm(len(auxiliary), generator=torch.Generator().manual_seed(s.seed))
-    held_out = auxiliary.subset(order[: s.held_out])
-    training = auxiliary.subset(order[s.held_out :].sort().values)
-    model = build_model(s.model, seed=s.seed)
+    @property
+    def network(self) -> ModelSpec:
+        return ModelSpec(self.model, seed=self.seed)
 
-    def inverter(name: str, sizes: tuple[int, int], steps: int):
+    @property
+    def ranged(self) -> str:
+        return f"inverter-b1-{self.max_batch}"
+
+
+def artifacts(s: LearnedInversionSettings) -> list[ArtifactSpec]:
+    """An inverter per fixed batch size (1 and ``batch_sizes``) and one for 1..``max_batch``."""
+
+    def inverter(name: str, sizes: tuple[int, int], steps: int) -> ArtifactSpec:
         # One output slot per image: wider batches get narrower hidden layers to stay in budget.
         hidden = s.hidden if sizes[1] == 1 else s.batch_hidden
-
-        def train(path: Path):
-            train_inverter(
-                model, training, out=path, steps=steps, batch_sizes=sizes, hidden=hidden,
-                seed=s.seed, private=private,
-            )  # fmt: skip
-
-        return str(study.artifact(name, train, {"steps": steps}))
-
-    sizes = dict.fromkeys((1, *s.batch_sizes))
-    fixed = {
-        b: inverter(f"inverter-b{b}", (b, b), s.train_steps if b == 1 else s.batch_train_steps)
-        for b in sizes
-    }
-    ranged = load_inverter(
-        inverter(f"inverter-b1-{s.max_batch}", (1, s.max_batch), s.range_train_steps)
-    )
-
-    def attack_all(case_id, observation, group, record, variants):
-        for variant, method, extra in variants:
-            study.attack(
-                f"{case_id}/{variant}",
-                observation,
-                method,
-                extra,
-                iterations=None if method == "learned" and extra["refine"] == "none" else
-                s.iterations,
-                restarts=s.restarts,
-                seed=s.seed,
-                record={"variant": variant, "group": f"{variant}, {group}", **record},
-            )  # fmt: skip
-
-    # 2. batch sizes: learned alone, IG, IG from the learned start
-    for b in s.batch_sizes:
-        path = fixed[b]
-        variants = (
-            ("learned", "learned", {"inverter": path, "refine": "none"}),
-            ("ig", "inverting_gradients", {}),
-            ("learned+ig", "learned", {"inverter": path, "refine": "ig"}),
+        return ArtifactSpec(
+            name,
+            "inverter",
+            s.auxiliary_part("rest"),
+            steps=steps,
+            seed=s.seed,
+            model=s.network,
+            private=s.private,
+            options=(("batch_sizes", sizes), ("hidden", hidden)),
         )
-        for batch in make_batches(private, b, "single" if b == 1 else "distinct"):
-            ids = "+".join(private.ids[i] for i in batch)
-            observation = observe(model, private.images[batch], private.labels[batch])
-            attack_all(f"B={b}/{ids}", observation, f"B={b}", {"batch_size": b}, variants)
 
-    # 3. defenses at batch size 1
-    path1 = fixed[1]
-    defended_variants = (
-        ("learned", "learned", {"inverter": path1, "refine": "none"}),
-        ("ig", "inverting_gradients", {}),
-    )
-    defenses = [("noise", {"sigma": v}) for v in s.noise] + [
-        ("prune", {"keep": v}) for v in s.prune_keep
+    fixed = [
+        inverter(f"inverter-b{b}", (b, b), s.train_steps if b == 1 else s.batch_train_steps)
+        for b in dict.fromkeys((1, *s.batch_sizes))
     ]
-    for i in range(min(s.defense_images, len(private))):
-        clean = observe(model, private.images[i : i + 1], private.labels[i : i + 1])
-        for name, params in defenses:
-            label = f"{name} {next(iter(params.values())):g}"
-            defended = apply_defense(clean, name, **({"seed": i} if name == "noise" else {}),
-                                     **params)  # fmt: skip
-            attack_all(
-                f"defense/{label}/{private.ids[i]}",
-                defended,
-                label,
-                {"batch_size": 1, "defense": label},
-                defended_variants,
-            )
+    return [*fixed, inverter(s.ranged, (1, s.max_batch), s.range_train_steps)]
 
-    # 4. drift: the round-0 inverter against the model after k FedAvg rounds
-    rounds = dict(
-        fedavg_rounds(
-            model, training.images, training.labels, rounds=max(s.drift_rounds, default=0),
-            lr=s.drift_lr, seed=s.seed,
+
+def _learned(b: int, refine: str = "none", variant: str = "learned") -> AttackSpec:
+    settings = (("inverter", ArtifactRef(f"inverter-b{b}")), ("refine", refine))
+    return AttackSpec(variant, "learned", settings)
+
+
+def cases(s: LearnedInversionSettings):
+    """Parts 2-5 of the module docstring, in order."""
+    common = {
+        "data": s.data,
+        "models": (s.network,),
+        "seeds": (s.seed,),
+        "iterations": s.iterations,
+        "restarts": s.restarts,
+    }
+    ig = AttackSpec("ig", "inverting_gradients")
+    parts = [
+        Grid(
+            methods=(_learned(b), ig, _learned(b, "ig", "learned+ig")),
+            batches=((b, "single" if b == 1 else "distinct"),),
+            n_images=s.n_images,
+            group="{variant}, B={batch_size}",
+            name=f"B={b}",
+            **common,
         )
-    )  # fmt: skip
+        for b in s.batch_sizes
+    ]
+    first = min(s.defense_images, s.n_images)
+    defenses = [(DefenseSpec("noise", (("sigma", v),)),) for v in s.noise]
+    defenses += [(DefenseSpec("prune", (("keep", v),)),) for v in s.prune_keep]
+    parts.append(
+        Grid(
+            methods=(_learned(1), ig),
+            defenses=tuple(defenses),
+            n_images=first,
+            group="{variant}, {defense}",
+            name="defense",
+            **common,
+        )
+    )
     for k in s.drift_rounds:
-        drifted = rounds[k]
-        drift = weight_drift(drifted.net.state_dict(), model.net.state_dict())
-        for i in range(min(s.defense_images, len(private))):
-            observation = observe(drifted, private.images[i : i + 1], private.labels[i : i + 1])
-            attack_all(
-                f"drift/k={k}/{private.ids[i]}",
-                observation,
-                f"round +{k}",
-                {"batch_size": 1, "rounds": k, "weight_drift": drift},
-                (("learned", "learned", {"inverter": path1, "refine": "none"}),),
+        fedavg = FedAvgSpec(s.auxiliary_part("rest"), k, lr=s.drift_lr, seed=s.seed)
+        parts.append(
+            Grid(
+                methods=(_learned(1),),
+                n_images=first,
+                group=f"round +{k}",
+                name=f"drift/k={k}",
+                record=(("rounds", k),),
+                **{**common, "models": (dataclasses.replace(s.network, fedavg=fedavg),)},
             )
-
-    # 5. batch-size prediction on held-out auxiliary batches
-    generator = torch.Generator().manual_seed(s.seed)
-    for b in range(1, s.max_batch + 1):
-        case_id = f"batch-size/B={b}"
-        if study.results.done(case_id) is not None:
-            continue
-        hits, analytic = [], []
-        for _ in range(s.size_trials):
-            pick = torch.randperm(len(held_out), generator=generator)[:b]
-            observation = observe(
-                model, held_out.images[pick], held_out.labels[pick], knows_batch_size=False
-            )
-            hits.append(ranged.predict_batch_size(observation) == b)
-            analytic.append(estimate_batch_size(observation.attacker_view()) == b)
-        study.add(
-            {
-                "id": case_id,
-                "variant": "batch-size prediction",
-                "group": f"batch size B={b}",
-                "batch_size": b,
-                "accuracy": statistics.fmean(hits),
-                "analytic_accuracy": statistics.fmean(analytic),
-                "trials": s.size_trials,
-            }
         )
+    yield from itertools.chain.from_iterable(grid_cases(grid) for grid in parts)
+    yield from batch_size_cases(s)
 
-    summary = study.finish()
-    summary["speedup"] = initialization_speedup(summary["cases"])
-    return summary
+
+def batch_size_cases(s: LearnedInversionSettings):
+    """Held-out auxiliary batches of every size 1..``max_batch`` (``size_trials`` each, drawn by
+    one seeded generator), hidden batch size: the learned head and the analytic estimate."""
+    import torch
+
+    from gradleak.experiments import build
+
+    held_out = s.auxiliary_part("held_out")
+    count = len(build.images(held_out))
+    generator = torch.Generator().manual_seed(s.seed)
+    methods = (BatchSizeSpec("learned head", ArtifactRef(s.ranged)), BatchSizeSpec("analytic"))
+    for b in range(1, s.max_batch + 1):
+        for trial in range(s.size_trials):
+            pick = torch.randperm(count, generator=generator)[:b]
+            observation = ObservationSpec(
+                s.network, held_out, tuple(pick.tolist()), knows_batch_size=False
+            )
+            for method in methods:
+                yield Case(
+                    f"batch-size/B={b}/trial{trial}/{method.variant}",
+                    observation,
+                    method,
+                    seed=s.seed,
+                    record={
+                        "variant": method.variant,
+                        "group": f"batch size B={b}",
+                        "batch_size": b,
+                        "trial": trial,
+                    },
+                )
+
+
+def summary(results: dict) -> dict:
+    """``speedup`` (:func:`initialization_speedup`) and ``batch_size_accuracy``: per batch size,
+    the fraction of trials each estimator got right."""
+    hits: dict[int, dict[str, list[bool]]] = {}
+    for case in results["cases"]:
+        if "correct" in case:
+            hits.setdefault(case["batch_size"], {}).setdefault(case["variant"], []).append(
+                case["correct"]
+            )
+    accuracy = {
+        f"B={b}": {variant: statistics.fmean(v) for variant, v in by_variant.items()}
+        for b, by_variant in sorted(hits.items())
+    }
+    return {"speedup": initialization_speedup(results["cases"]), "batch_size_accuracy": accuracy}
 
 
 def initialization_speedup(cases: list[dict], tolerance: float = 0.1) -> dict:
@@ -225,10 +222,10 @@ def initialization_speedup(cases: list[dict], tolerance: float = 0.1) -> dict:
     by_id = {c["id"]: c for c in cases}
     result: dict[str, dict] = {}
     for case in cases:
-        if case.get("variant") != "ig" or "defense" in case or not case.get("trajectory"):
+        if case.get("variant") != "ig" or case.get("defense") != "none":
             continue
         learned = by_id.get(case["id"].rsplit("/", 1)[0] + "/learned+ig")
-        if learned is None or not learned.get("trajectory"):
+        if not case.get("trajectory") or learned is None or not learned.get("trajectory"):
             continue
         target = case["psnr"] - tolerance
         from_noise = steps_to_reach(case["trajectory"], target)
@@ -248,3 +245,19 @@ def initialization_speedup(cases: list[dict], tolerance: float = 0.1) -> dict:
             values = entry[key]
             entry[f"median_{key[:-1]}"] = statistics.median(values) if values else None
     return result
+
+
+def steps_to_reach(trajectory: list, target: float) -> int | None:
+    """The first step whose PSNR reaches ``target`` (None if never)."""
+    return next((int(step) for step, value in trajectory if value >= target), None)
+
+
+EXPERIMENT = Experiment(
+    "learned-inversion",
+    "Learned inverter (LeNet, CIFAR-10) vs Inverting Gradients at batch 1/4/8, as IG's start, "
+    "under noise/pruning and FedAvg drift; batch size from gradients",
+    settings=LearnedInversionSettings(),
+    cases=cases,
+    artifacts=artifacts,
+    summary=summary,
+)

@@ -13,18 +13,17 @@ by Inverting Gradients with its own longer budget (``ig_iterations``) for refere
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
+from gradleak.experiments.grid import Grid, grid_cases
+from gradleak.experiments.spec import (
+    ArtifactRef,
+    ArtifactSpec,
+    AttackSpec,
+    Experiment,
+    ImagesSpec,
+    ModelSpec,
+)
 
-from gradleak.data import load_images
-from gradleak.data.auxiliary import auxiliary_images
-from gradleak.experiments.runner import make_batches
-from gradleak.experiments.study import ProgressFactory, Study
-from gradleak.models import build_model
-from gradleak.threat import observe
-
-PRESET = "prior-shift"
 VEHICLES = (0, 1, 8, 9)
 ANIMALS = (2, 3, 4, 5, 6, 7)
 
@@ -36,6 +35,10 @@ class PriorSpec:
     name: str
     data: str
     classes: tuple[int, ...] | None = None
+
+    @property
+    def artifact(self) -> str:
+        return "prior-" + self.name.replace(" ", "-")
 
 
 @dataclass(frozen=True)
@@ -58,68 +61,56 @@ class PriorShiftSettings:
     restarts: int = 1
     seed: int = 0
 
+    @property
+    def private(self) -> ImagesSpec:
+        return ImagesSpec(self.data, classes=self.private_classes, first=self.n_images)
 
-def run_prior_shift(
-    out: str | Path,
-    *,
-    images: str | None = None,
-    n_images: int | None = None,
-    iterations: int | None = None,
-    restarts: int | None = None,
-    seed: int = 0,
-    progress: ProgressFactory | None = None,
-    settings: PriorShiftSettings | None = None,
-) -> dict:
-    """Run the study (see the module docstring); resumable; returns ``results.json``'s content."""
-    from gradleak.generative import train_generator
 
-    study = Study(
-        out, PRESET, settings or PriorShiftSettings(), progress, images=images, n_images=n_images,
-        iterations=iterations, restarts=restarts, seed=None if settings else seed,
-    )  # fmt: skip
-    s = study.settings
-    pool = load_images(s.data)
-    wanted = torch.isin(pool.labels, torch.tensor(s.private_classes))
-    private = pool.subset(wanted).subset(slice(0, s.n_images))
-    size = int(private.images.shape[-1])
-    model = build_model(s.model, seed=s.seed, image_size=size)
+def artifacts(s: PriorShiftSettings) -> list[ArtifactSpec]:
+    """One DCGAN prior per :class:`PriorSpec`, on auxiliary images without the private ones."""
+    return [
+        ArtifactSpec(
+            spec.artifact,
+            "generator",
+            ImagesSpec(spec.data, classes=spec.classes, exclude=s.private),
+            steps=s.prior_steps,
+            seed=s.seed,
+            private=s.private,
+        )
+        for spec in s.priors
+    ]
 
-    priors: dict[str, Path] = {}
-    for spec in s.priors:
-        data = auxiliary_images(spec.data, size=size, classes=spec.classes, exclude=private)
-        card = {"data": str(data.source), "classes": spec.classes, "n_images": len(data)}
 
-        def train(path: Path, data=data, card=card) -> None:
-            train_generator(
-                data.images, out=path, steps=s.prior_steps, size=size, seed=s.seed,
-                private=private.images, card=card,
-            )  # fmt: skip
-
-        slug = spec.name.replace(" ", "-")
-        priors[spec.name] = study.artifact(f"prior-{slug}", train, {"steps": s.prior_steps})
-
-    variants = [("ig", "inverting_gradients", {}, s.iterations), ("dip", "dip", {}, s.iterations)]
+def cases(s: PriorShiftSettings):
+    """Every private batch attacked by IG, DIP, IG with its own budget, GIAS and GIFD."""
+    methods = [AttackSpec("ig", "inverting_gradients"), AttackSpec("dip", "dip")]
     if s.ig_iterations:  # Inverting Gradients with its own, longer budget, for reference
         steps = s.ig_iterations
-        variants.append((f"ig ({steps} steps)", "inverting_gradients", {}, steps))
-    for name, path in priors.items():
-        variants += [
-            (f"{m} ({name})", m, {"prior": str(path)}, s.iterations) for m in ("gias", "gifd")
-        ]
+        methods.append(AttackSpec(f"ig ({steps} steps)", "inverting_gradients", iterations=steps))
+    for spec in s.priors:
+        prior = (("prior", ArtifactRef(spec.artifact)),)
+        methods += [AttackSpec(f"{m} ({spec.name})", m, prior) for m in ("gias", "gifd")]
+    return grid_cases(
+        Grid(
+            s.data,
+            (ModelSpec(s.model),),
+            tuple(methods),
+            batches=tuple((b, "single" if b == 1 else "distinct") for b in s.batch_sizes),
+            seeds=(s.seed,),
+            n_images=s.n_images,
+            classes=s.private_classes,
+            iterations=s.iterations,
+            restarts=s.restarts,
+            group="{variant}, B={batch_size}",
+        )
+    )
 
-    for b in s.batch_sizes:
-        for batch in make_batches(private, b, "single" if b == 1 else "distinct"):
-            ids = "+".join(private.ids[i] for i in batch)
-            observation = observe(model, private.images[batch], private.labels[batch])
-            for variant, method, extra, steps in variants:
-                study.attack(
-                    f"B={b}/{ids}/{variant}",
-                    observation,
-                    method,
-                    extra,
-                    iterations=steps,
-                    restarts=s.restarts,
-                    seed=s.seed,
-                    record={"variant": variant, "group": f"{variant}, B={b}", "batch_size": b},
-                )
-    return study.finish()
+
+EXPERIMENT = Experiment(
+    "prior-shift",
+    "GIAS and GIFD with generative priors trained in-distribution, on other classes and another "
+    "data set, vs the data-free DIP and Inverting Gradients (LeNet)",
+    settings=PriorShiftSettings(),
+    cases=cases,
+    artifacts=artifacts,
+)

@@ -7,6 +7,7 @@ from gradleak.learned.inverter import (
     Inverter,
     InverterNet,
     assignment_loss,
+    cached_inverter,
     load_inverter,
 )
 from gradleak.learned.training import train_inverter
@@ -18,6 +19,7 @@ __all__ = [
     "Inverter",
     "InverterNet",
     "assignment_loss",
+    "cached_inverter",
     "flatten_gradients",
     "load_inverter",
     "model_fingerprint",

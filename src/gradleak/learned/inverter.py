@@ -20,6 +20,7 @@ Batches (B > 1): the MLP has Bmax output slots, nested so that a batch of B fill
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -250,6 +251,22 @@ def inverter_tensors(inverter: Inverter) -> dict[str, torch.Tensor]:
     tensors["encoder/log_norm"] = inverter.encoder.log_norm
     tensors.update({f"model/{k}": v for k, v in inverter.model_weights.items()})
     return tensors
+
+
+def cached_inverter(path: str | os.PathLike) -> Inverter:
+    """:func:`load_inverter`, read once per file version (path and modification time) and
+    process: attacks and experiments that use one inverter for many cases share it."""
+    path = os.fspath(path)
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        stamp = None  # load_inverter says what is wrong
+    return _cached(path, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(path: str, stamp: int | None) -> Inverter:
+    return load_inverter(path)
 
 
 def load_inverter(path: str | os.PathLike) -> Inverter:

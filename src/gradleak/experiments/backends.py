@@ -1,0 +1,142 @@
+"""Where cases run: in this process, in a pool of worker processes, or on a Ray cluster.
+
+Every backend runs :func:`execute` on each case and hands back ``(case, record, files)`` as cases
+finish; only the calling process writes into the run's folder. Workers use one CPU thread each
+unless told otherwise (:mod:`gradleak.threads`), and die with the process that started them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from gradleak import threads
+from gradleak.errors import GradleakError
+from gradleak.experiments.spec import Case, RunOptions
+
+BACKENDS = ("local", "ray")
+Outcome = tuple[Case, dict, dict]
+
+
+def execute(case: Case, root: str, thread_count: int | None = None, callback=None):
+    """Run one case (in whichever process or Ray worker this is): its record and files.
+    ``thread_count=None`` chooses by the policy of :mod:`gradleak.threads`."""
+    from gradleak.experiments.methods import run_case
+
+    if thread_count is None:
+        thread_count = threads.choose(None, macs=_macs(case))
+    threads.apply(thread_count)
+    record, files = run_case(case, Path(root), callback)
+    record["threads"] = thread_count
+    return record, files
+
+
+_MACS: dict = {}
+
+
+def _macs(case: Case) -> float | None:
+    from gradleak.experiments import build
+
+    key = case.observation
+    if key not in _MACS:
+        try:
+            _MACS[key] = threads.model_macs(build.observed_model(key))
+        except GradleakError:
+            _MACS[key] = None  # the case itself will report the problem
+    return _MACS[key]
+
+
+def run_cases(
+    cases: list[Case],
+    root: Path,
+    options: RunOptions,
+    started: Callable[[Case], Callable | None] | None = None,
+) -> Iterator[Outcome]:
+    """Run ``cases`` on the backend ``options`` name; yields outcomes as cases finish.
+
+    ``started(case)`` is called before a case runs in this process and may return a progress
+    callback for it (other backends report finished cases only).
+    """
+    if options.backend not in BACKENDS:
+        raise GradleakError(f"unknown backend {options.backend!r}; choose one of {BACKENDS}")
+    if options.workers < 1:
+        raise GradleakError(f"--workers must be at least 1, got {options.workers}")
+    if options.backend == "ray":
+        yield from _ray(cases, root, options)
+    elif options.workers == 1:
+        for case in cases:
+            callback = started(case) if started else None
+            chosen = threads.requested(options.threads)
+            yield (case, *execute(case, str(root), chosen, callback))
+    else:
+        yield from _pool(cases, root, options)
+
+
+def _pool(cases: list[Case], root: Path, options: RunOptions) -> Iterator[Outcome]:
+    per_worker = threads.requested(options.threads) or 1
+    context = multiprocessing.get_context("spawn")
+    executor = concurrent.futures.ProcessPoolExecutor(
+        max_workers=options.workers, mp_context=context, initializer=_worker_init
+    )
+    try:
+        futures = {executor.submit(execute, c, str(root), per_worker): c for c in cases}
+        for future in concurrent.futures.as_completed(futures):
+            record, files = future.result()
+            yield futures[future], record, files
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            child.terminate()
+
+
+def _worker_init() -> None:
+    """A pool worker dies with its parent (Linux), so a killed sweep leaves no orphan that
+    could finish a case the resumed sweep runs again."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _ray(cases: list[Case], root: Path, options: RunOptions) -> Iterator[Outcome]:
+    try:
+        import ray
+    except ImportError:
+        raise GradleakError(
+            "--backend ray needs Ray: pip install 'gradleak[ray]' (or pip install ray)"
+        ) from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(
+                address=options.address,
+                num_cpus=None if options.address else options.workers,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            where = options.address or "a local instance"
+            raise GradleakError(f"cannot start or join Ray ({where}): {err}") from None
+    per_worker = threads.requested(options.threads) or 1
+    remote = ray.remote(num_cpus=per_worker)(execute)
+    pending = {remote.remote(case, str(root), per_worker): case for case in cases}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            case = pending.pop(done[0])
+            record, files = ray.get(done[0])
+            yield case, record, files
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,240 @@
+"""A run's folder: one file per finished case, and the results assembled from them.
+
+``OUT/cases/<case>/case.json`` is written atomically, last, after the case's figures and
+reconstruction, so a case is done exactly when its ``case.json`` exists: a killed run (even
+``kill -9``) loses at most the cases in flight, and the same command resumes with no finished case
+run again. ``OUT/results.json`` (settings, versions, cases, summary), ``results.csv`` (a row per
+case) and ``table.md`` are rebuilt from the case files. A folder holding a run with other
+settings is refused, never overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import statistics
+import time
+from pathlib import Path
+
+from gradleak.errors import GradleakError
+from gradleak.experiments.spec import Case, digest
+from gradleak.records import json_safe, write_json
+
+RESULTS = "results.json"
+CASE_FILE = "case.json"
+SCORES = ("psnr", "ssim", "label_accuracy", "seconds", "status", "error")
+STATUSES = ("done", "skipped", "failed")
+
+
+def case_folder(case_id: str) -> str:
+    """A folder name for ``case_id``: ``/`` becomes ``__``, other unsafe characters ``-``, and
+    a digest of the id is appended when any was replaced, so two ids never share a folder."""
+    name = re.sub(r"[^A-Za-z0-9_.+=,-]", "-", case_id.replace("/", "__"))
+    if name != case_id.replace("/", "__"):
+        name += "-" + hashlib.sha256(case_id.encode()).hexdigest()[:8]
+    return name
+
+
+class RunFolder:
+    """The output folder of one run of one experiment with one set of settings.
+
+    Args:
+        out: the folder.
+        name: the experiment's name.
+        settings: everything that determines the results (JSON-able).
+
+    Raises:
+        GradleakError: ``out`` holds results of another experiment or other settings.
+    """
+
+    def __init__(self, out: str | Path, name: str, settings: dict):
+        self.out = Path(out)
+        self.name = name
+        self.settings = json.loads(json.dumps(json_safe(settings), default=str))
+        self.records: dict[str, dict] = {}
+        self._written = 0.0
+        if self.out.exists() and not self.out.is_dir():
+            raise GradleakError(f"--out {self.out} is a file, not a folder")
+        existing = self.out / RESULTS
+        if existing.exists():
+            try:
+                old = json.loads(existing.read_text())
+            except (OSError, json.JSONDecodeError):
+                raise GradleakError(f"{existing} is not readable JSON; move it away") from None
+            if old.get("preset") != name or old.get("settings") != self.settings:
+                raise GradleakError(
+                    f"{self.out} holds results of another run "
+                    f"({_difference(old, name, self.settings)}); choose another --out or move "
+                    f"that folder away"
+                )
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ cases
+    def done(self, case: Case) -> dict | None:
+        """The record of ``case`` if a previous run finished it (same case key)."""
+        path = self.out / "cases" / case_folder(case.id) / CASE_FILE
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # torn or foreign: run it again
+        if record.get("key") != case.key():
+            return None
+        self.records[case.id] = record
+        return record
+
+    def save(self, case: Case, record: dict, files: dict[str, bytes]) -> dict:
+        """Write the case's files, then its ``case.json`` (atomically, last)."""
+        folder = self.out / "cases" / case_folder(case.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            tmp = folder / f".{name}.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(folder / name)
+        record = {"id": case.id, **case.record, **record, "key": case.key()}
+        if files:
+            record["files"] = {
+                Path(name).stem: (folder / name).relative_to(self.out).as_posix() for name in files
+            }
+        write_json(folder / CASE_FILE, record)
+        self.records[case.id] = record
+        return record
+
+    # ------------------------------------------------------------------ results
+    def results(self, cases: list[Case], versions: dict, extra=None) -> dict:
+        """The ``results.json`` content for ``cases`` (finished ones, in case order)."""
+        records = [self.records[c.id] for c in cases if c.id in self.records]
+        summary = summarize(records)
+        for key in ("variant", "group"):
+            groups: dict[str, list[dict]] = {}
+            for record in records:
+                if key in record:
+                    groups.setdefault(str(record[key]), []).append(record)
+            if groups:
+                summary["by_" + key] = {k: summarize(v) for k, v in groups.items()}
+        results = {
+            "preset": self.name,
+            "settings": self.settings,
+            "versions": versions,
+            "cases": records,
+            "summary": summary,
+        }
+        if extra is not None:
+            results.update(extra(results))
+        return results
+
+    def due(self, every: float) -> bool:
+        """Whether ``every`` seconds passed since the results were last written."""
+        return time.monotonic() - self._written >= every
+
+    def write(self, results: dict, table: str, axes: list[str]) -> None:
+        """Write ``results.json``, ``results.csv`` (columns: ``axes``, then the scores) and
+        ``table.md``."""
+        self._written = time.monotonic()
+        write_json(self.out / RESULTS, results)
+        _write_text(self.out / "results.csv", csv_table(results["cases"], axes))
+        _write_text(self.out / "table.md", table)
+
+
+def summarize(records: list[dict]) -> dict:
+    """Medians of PSNR/SSIM, mean label accuracy, seconds, and cases per status."""
+
+    def values(key):
+        return [r[key] for r in records if isinstance(r.get(key), int | float)]
+
+    psnrs, ssims, accuracies, seconds = (
+        values(k) for k in ("psnr", "ssim", "label_accuracy", "seconds")
+    )
+    statuses = [r.get("status", "done") for r in records]
+    return {
+        "n_cases": len(records),
+        **{f"n_{s}": statuses.count(s) for s in STATUSES},
+        "psnr_median": statistics.median(psnrs) if psnrs else None,
+        "ssim_median": statistics.median(ssims) if ssims else None,
+        "label_accuracy": statistics.fmean(accuracies) if accuracies else None,
+        "seconds": sum(seconds),
+        "seconds_median": statistics.median(seconds) if seconds else None,
+    }
+
+
+def finest_groups(summary: dict) -> dict[str, dict]:
+    """The most detailed per-group summaries (``by_group``, else ``by_variant``, else all)."""
+    for key in ("by_group", "by_variant"):
+        if summary.get(key):
+            return summary[key]
+    return {"all": summary}
+
+
+def csv_table(records: list[dict], axes: list[str]) -> str:
+    """One row per case: its id, the values of ``axes``, then the scores and status."""
+    axes = [a for a in axes if a not in SCORES and a != "id"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["id", *axes, *SCORES])
+    for record in records:
+        row = [record["id"]]
+        row += [_cell(record.get(key)) for key in axes]
+        row += [_cell(record.get(key, "done" if key == "status" else None)) for key in SCORES]
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def markdown_table(results: dict) -> str:
+    """The per-group Markdown table of a run."""
+    lines = [
+        f"# {results['preset']}",
+        "",
+        "| group | cases | PSNR median (dB) | SSIM median | label acc. | s / case | not run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    by_group: dict[str, list[dict]] = {}
+    for record in results["cases"]:
+        by_group.setdefault(str(record.get("group", record.get("variant", "all"))), []).append(
+            record
+        )
+    for name, records in by_group.items():
+        s = summarize(records)
+        reasons = sorted({r.get("error", "") for r in records if r.get("status") != "done"})
+        not_run = f"{len(records) - s['n_done']}: {'; '.join(reasons)}" if reasons else ""
+        lines.append(
+            f"| {name} | {s['n_cases']} | {_fmt(s['psnr_median'], 2)} | "
+            f"{_fmt(s['ssim_median'], 3)} | {_fmt(s['label_accuracy'], 2)} | "
+            f"{_fmt(s['seconds_median'], 1)} | {not_run} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "+".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _fmt(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _difference(old: dict, name: str, settings: dict) -> str:
+    if old.get("preset") != name:
+        return f"preset {old.get('preset')!r}, not {name!r}"
+    before = old.get("settings") or {}
+    keys = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+    shown = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in keys[:3])
+    return f"other settings: {shown}" if shown else "other settings"
+
+
+__all__ = ["RunFolder", "case_folder", "csv_table", "digest", "markdown_table", "summarize"]
