@@ -151,9 +151,14 @@ def test_artifact_options_that_do_not_fit_the_method_exit_2(
     monkeypatch, capsys, observation_file, tmp_path
 ):
     cases = [
-        (("--method", "inverting_gradients", "--prior", "g.safetensors"), "--prior is for"),
-        (("--method", "dlg", "--inverter", "i.safetensors"), "are for --method learned"),
-        (("--method", "learned", "--init-only", "--refine", "ig"), "exclude each other"),
+        (
+            ("--method", "inverting_gradients", "--prior", "g.safetensors"),
+            "'prior' is not a setting of attack 'inverting_gradients' (attacks that take it: "
+            "gias, gifd)",
+        ),
+        (("--method", "dlg", "--inverter", "i.safetensors"), "(attacks that take it: learned)"),
+        (("--method", "learned", "--set", "refine=gias"), "unknown refine 'gias'"),
+        (("--method", "bias", "--iterations", "3"), "'bias' is closed-form"),
     ]
     for options, message in cases:
         code, _, err = call_main(
@@ -270,7 +275,7 @@ def test_attack_with_one_iteration_writes_its_files(
         *("--iterations", "1", "--set", "optimizer=adam", "--set", "lr=0.01"),
     )
     assert code == 0, err
-    assert (out / "progress.gif").is_file()
+    assert (out / "cases" / "idlg" / "progress.gif").is_file()
     assert json.loads((out / "results.json").read_text())["cases"][0]["iterations"] == 1
 
 
@@ -338,8 +343,10 @@ def test_observe_then_attack(photos, tmp_path):
     assert case["iterations"] == 5
     assert case["label_accuracy"] == 1.0  # iDLG's analytic label is exact for one image
     assert case["labels"] == case["true_labels"] == obs.labels.tolist()
-    assert results["settings"]["attack_settings"] == {"optimizer": "adam", "lr": 0.05}
-    assert (out / "grid.png").is_file() and (out / "reconstruction.safetensors").is_file()
+    assert results["settings"]["methods"][0]["settings"] == [["lr", 0.05], ["optimizer", "adam"]]
+    assert case["files"]["grid"] == "cases/idlg/grid.png"
+    assert (out / "cases/idlg/grid.png").is_file()
+    assert (out / "cases/idlg/reconstruction.safetensors").is_file()
 
 
 @needs_shared
@@ -367,3 +374,133 @@ def test_run_preset_writes_results_and_resumes(tmp_path):
     assert [p.stat().st_mtime_ns for p in reconstructions] == stamps
     assert "single/cifar10-test-00000/l2" in first.stdout  # progress bar of a case
     assert "single/cifar10-test-00000/l2" not in second.stdout
+
+
+# ---------------------------------------------------------------------- bugs fixed (issue 11)
+def test_batch_size_guess_reaches_the_attack_of_a_hidden_batch_size(photos, tmp_path):
+    obs_path = tmp_path / "hidden.safetensors"
+    result = run_cli(
+        *("observe", "--model", "lenet", "--images", photos, "--n-images", "1"),
+        *("--hide-batch-size", "--out", obs_path),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    args = ("attack", obs_path, "--method", "idlg", "--iterations", "1")
+    without = run_cli(*args, "--out", tmp_path / "without", cwd=tmp_path)
+    assert without.returncode == 2
+    assert "hides the batch size; pass batch_size= (or --batch-size)" in one_error_line(
+        without.stderr
+    )
+    guessed = run_cli(*args, "--batch-size", "1", "--out", tmp_path / "guessed", cwd=tmp_path)
+    assert guessed.returncode == 0, guessed.stderr
+    case = json.loads((tmp_path / "guessed" / "results.json").read_text())["cases"][0]
+    assert case["status"] == "done" and case["label_accuracy"] == 1.0
+    assert not load_observation(obs_path).knows_batch_size  # the file is left as it was
+
+
+def test_gradinversion_on_a_model_without_batchnorm_runs_with_the_bn_prior_off(
+    monkeypatch, capsys, observation_file, tmp_path
+):
+    out = tmp_path / "gi"
+    code, _, err = call_main(
+        monkeypatch, capsys, "attack", observation_file, "--method", "gradinversion",
+        "--iterations", "2", "--restarts", "2", "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    case = json.loads((out / "results.json").read_text())["cases"][0]
+    assert case["status"] == "done" and case["settings"]["bn"] == 0
+    assert "no BatchNorm layers" in case["notes"]["disabled"]["bn"]
+
+
+@pytest.fixture(scope="module")
+def seventeen_classes(tmp_path_factory):
+    """A folder of 17 class sub-folders of real photos (the bundled ones, reused)."""
+    root = tmp_path_factory.mktemp("seventeen")
+    batch = load_images("bundled", size=32)
+    for k in range(17):
+        folder = root / f"{k:02d}_class{k}"
+        folder.mkdir()
+        Image.fromarray(from_tensor(batch.images[k % len(batch) : k % len(batch) + 1])[0]).save(
+            folder / "photo.png"
+        )
+    return root
+
+
+def test_train_inverter_sizes_the_output_layer_from_its_data(
+    monkeypatch, capsys, seventeen_classes, tmp_path
+):
+    out = tmp_path / "inv.safetensors"
+    code, stdout, err = call_main(
+        monkeypatch, capsys, "train-inverter", "--model", "lenet", "--images", seventeen_classes,
+        "--out", out, "--steps", "2",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "(17 classes)" in stdout
+    from gradleak.learning import read_card
+
+    assert read_card(out)["model_config"]["num_classes"] == 17
+
+
+def test_train_prior_trains_on_a_many_class_folder(
+    monkeypatch, capsys, seventeen_classes, tmp_path
+):
+    out = tmp_path / "prior.safetensors"
+    code, _, err = call_main(
+        monkeypatch, capsys, "train-prior", "--images", seventeen_classes, "--out", out,
+        "--steps", "2", "--size", "32",
+    )  # fmt: skip
+    assert code == 0, err
+    from gradleak.learning import read_card
+
+    card = read_card(out)
+    assert card["n_images"] == 17 and card["config"]["size"] == 32
+
+
+# ---------------------------------------------------------------------- fast feedback
+def test_help_and_list_do_not_import_torch(tmp_path):
+    probe = (
+        "import sys\n"
+        "from gradleak.cli import main\n"
+        "sys.argv = ['gradleak', sys.argv[1]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('no torch')\n"
+    )
+    for command in ("--help", "list"):
+        result = subprocess.run(
+            [sys.executable, "-c", probe, command], capture_output=True, text=True, cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().endswith("no torch"), result.stdout
+
+
+def test_attack_auto_runs_what_applies_and_picks_by_gradient_distance(
+    monkeypatch, capsys, observation_file, tmp_path
+):
+    out = tmp_path / "auto"
+    code, stdout, err = call_main(
+        monkeypatch, capsys, "attack", observation_file, "--method", "auto", "--iterations", "2",
+        "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    status = {c["attack"]: c["status"] for c in results["cases"]}
+    assert set(status) == set(ATTACKS)
+    assert status["bias"] == status["fc_unmix"] == status["gias"] == "skipped"  # LeNet, no prior
+    assert status["rgap"] == status["idlg"] == "done"
+    done = [c for c in results["cases"] if c["status"] == "done"]
+    best = min(done, key=lambda c: c["cosine_distance"])
+    assert results["best"]["attack"] == best["attack"] == "rgap"  # closed form: exact here
+    assert f"best by gradient distance: {best['attack']}" in stdout
+
+
+def test_a_rerun_with_other_settings_is_refused(monkeypatch, capsys, observation_file, tmp_path):
+    out = tmp_path / "att"
+    args = ("attack", observation_file, "--method", "idlg", "--out", out)
+    code, _, err = call_main(monkeypatch, capsys, *args, "--iterations", "1")
+    assert code == 0, err
+    before = (out / "results.json").read_text()
+    code, _, err = call_main(monkeypatch, capsys, *args, "--iterations", "2")
+    assert code == 2
+    assert "holds results of another run" in one_error_line(err)
+    assert (out / "results.json").read_text() == before

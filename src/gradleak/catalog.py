@@ -2,9 +2,10 @@
 
 ``gradleak list`` and ``--help`` must not import torch (it takes seconds). Attacks and models
 register where they are defined (``@register_attack`` on a class with a ``name``;
-``@register("name", description=...)`` on a builder); this module reads those declarations from
-the source files with :mod:`ast`, so adding an attack or model still touches only its own module.
-``tests/test_catalog.py`` checks that the catalog equals the live registries.
+``register("name", description=...)`` on a builder, with literal arguments); this module reads
+those declarations from the source files with :mod:`ast`, so adding an attack or model still
+touches only its own module. ``tests/test_registry.py`` checks that the catalog equals the live
+registries.
 """
 
 from __future__ import annotations
@@ -32,15 +33,12 @@ def models() -> dict[str, str]:
     """Model name -> its registered description."""
     found = {}
     for tree in _trees("models"):
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.FunctionDef):
-                continue
-            for decorator in node.decorator_list:
-                if isinstance(decorator, ast.Call) and _name(decorator.func) == "register":
-                    name = _literal(decorator.args[0]) if decorator.args else None
-                    keywords = {k.arg: _literal(k.value) for k in decorator.keywords}
-                    if isinstance(name, str):
-                        found[name] = str(keywords.get("description", ""))
+        for node in ast.walk(tree):  # @register("name", description=...) or register(...)(f)
+            if isinstance(node, ast.Call) and _name(node.func) == "register" and node.args:
+                name = _literal(node.args[0])
+                keywords = {k.arg: _literal(k.value) for k in node.keywords if k.arg}
+                if isinstance(name, str):
+                    found[name] = str(keywords.get("description", ""))
     return dict(sorted(found.items()))
 
 

@@ -389,16 +389,24 @@ def attack(
     threads: int = _threads_option(),
 ) -> None:
     """Reconstruct the images (and labels) behind an observation."""
+    from gradleak.attacks import attack_class
     from gradleak.experiments.attacking import attack_experiment
 
     settings = _parse_settings(option or [])
     settings.update({k: str(v) for k, v in (("prior", prior), ("inverter", inverter)) if v})
+    budget = [f"--{k}" for k, v in (("iterations", iterations), ("restarts", restarts)) if v]
+    if budget and method != "auto" and not attack_class(method).iterative():
+        raise GradleakError(f"attack {method!r} is closed-form: it takes no {' or '.join(budget)}")
     experiment = attack_experiment(str(observation), method, settings)
     options = _options(
         iterations=iterations, restarts=restarts, seed=seed, batch_size=batch_size, threads=threads
     )
     results = _execute(experiment, out, options)
-    if method == "auto" and results.get("best"):
+    if method != "auto":
+        (case,) = results["cases"]
+        if case["status"] != "done":  # the one attack asked for did not run: say why
+            raise GradleakError(f"attack {method!r} {case['status']}: {case['error']}")
+    elif results.get("best"):
         best = results["best"]
         console.print(
             f"best by gradient distance: {best['attack']} (cosine {best['cosine_distance']:.4g})"

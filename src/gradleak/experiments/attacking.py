@@ -39,6 +39,7 @@ def attack_experiment(observation: str, method: str, settings: dict) -> Experime
         GradleakError: an unknown method, or a setting no chosen attack has.
     """
     from gradleak.attacks import attack_class, attacks_taking, list_attacks
+    from gradleak.experiments import build
 
     names = list_attacks() if method == AUTO else [attack_class(method).name]
     methods = []
@@ -54,10 +55,12 @@ def attack_experiment(observation: str, method: str, settings: dict) -> Experime
             raise GradleakError(f"{key!r} is not a setting of {where}{hint}")
     for spec in methods:
         attack_class(spec.attack)(**dict(spec.settings))  # settings are checked now, by name
+    file = ObservationFile.of(observation)
+    build.observation(file, 0)  # a file that is not a valid observation fails here, not later
     return Experiment(
         "attack",
         f"{method} on {observation}",
-        settings=AttackRunSettings(ObservationFile.of(observation), tuple(methods)),
+        settings=AttackRunSettings(file, tuple(methods)),
         cases=cases,
         summary=best,
     )

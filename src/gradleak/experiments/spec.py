@@ -94,7 +94,7 @@ class DefenseSpec:
     @property
     def label(self) -> str:
         values = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.params]
-        return f"{self.name}({', '.join(values)})" if values else self.name
+        return " ".join([self.name, ", ".join(values)]) if values else self.name
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class ObservationFile:
 
         file = Path(path)
         if not file.is_file():
-            raise GradleakError(f"no such observation file: {file}")
+            raise GradleakError(f"no such file: {file}")
         return cls(str(file), hashlib.sha256(file.read_bytes()).hexdigest())
 
 

@@ -95,7 +95,8 @@ class RunFolder:
             tmp = folder / f".{name}.tmp"
             tmp.write_bytes(data)
             tmp.replace(folder / name)
-        record = {"id": case.id, **case.record, **record, "key": case.key()}
+        contract = dict.fromkeys(("psnr", "ssim", "label_accuracy", "seconds"))
+        record = {"id": case.id, **case.record, **contract, **record, "key": case.key()}
         if files:
             record["files"] = {
                 Path(name).stem: (folder / name).relative_to(self.out).as_posix() for name in files

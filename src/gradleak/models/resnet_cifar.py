@@ -55,12 +55,9 @@ def _builder(depth: int):
     return build
 
 
-for _depth in (20, 32, 44, 56):
-    register(
-        f"resnet{_depth}",
-        width=16,
-        normalization="imagenet",
-        pretrained=True,
-        description=f"He et al. CIFAR ResNet-{_depth}, option-A shortcuts, BN; "
-        f"pretrained CIFAR-10 weights",
-    )(_builder(_depth))
+# One literal registration per depth: `gradleak list` reads them without importing torch.
+_CIFAR = {"width": 16, "normalization": "imagenet", "pretrained": True}
+register("resnet20", description="He et al. CIFAR ResNet-20; pretrained", **_CIFAR)(_builder(20))
+register("resnet32", description="He et al. CIFAR ResNet-32; pretrained", **_CIFAR)(_builder(32))
+register("resnet44", description="He et al. CIFAR ResNet-44; pretrained", **_CIFAR)(_builder(44))
+register("resnet56", description="He et al. CIFAR ResNet-56; pretrained", **_CIFAR)(_builder(56))
