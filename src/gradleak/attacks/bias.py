@@ -62,6 +62,7 @@ class BiasAttack(Attack):
     name = "bias"
     defaults = BiasSettings()
     requirements = (LABELS, IMAGE_LAYER)
+    expected = "the exact image at batch size 1, one mixture of the batch above"
 
     def expectation(self, context: AttackContext) -> str:
         if context.batch_size == 1:

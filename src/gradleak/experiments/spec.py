@@ -249,6 +249,8 @@ class RunOptions:
             value = getattr(self, option)
             if value is None:
                 continue
+            if target == "seed" and "seeds" in names:  # a grid: one seed replaces its seeds
+                target, value = "seeds", (value,)
             if target not in names:
                 flag = "--" + option.replace("_", "-")
                 raise GradleakError(f"{experiment} takes no {flag}")

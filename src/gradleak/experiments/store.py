@@ -95,7 +95,7 @@ class RunFolder:
             tmp = folder / f".{name}.tmp"
             tmp.write_bytes(data)
             tmp.replace(folder / name)
-        contract = dict.fromkeys(("psnr", "ssim", "label_accuracy", "seconds"))
+        contract = dict.fromkeys(("psnr", "ssim", "label_accuracy", "seconds", "error"))
         record = {"id": case.id, **case.record, **contract, **record, "key": case.key()}
         if files:
             record["files"] = {

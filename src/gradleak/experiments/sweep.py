@@ -23,6 +23,7 @@ with one error naming the key; a combination an attack cannot attack is a skippe
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -124,11 +125,17 @@ def parse_defenses(text: str) -> tuple[DefenseSpec, ...]:
         if name not in DEFENSES:
             known = ", ".join(["none", *sorted(DEFENSES)])
             raise GradleakError(f"unknown defense {name!r}; choose one of: {known}")
+        accepted = list(inspect.signature(DEFENSES[name]).parameters)[1:]
         params = {}
         for pair in filter(None, (p.strip() for p in rest.split(","))):
             key, sep, value = pair.partition("=")
             if not sep:
                 raise GradleakError(f"defense {part!r}: expected key=value, got {pair!r}")
+            if key.strip() not in accepted:
+                raise GradleakError(
+                    f"defense {name!r} has no parameter {key.strip()!r}; it takes "
+                    f"{', '.join(accepted)}"
+                )
             params[key.strip()] = _number(value.strip())
         specs.append(DefenseSpec(name, as_items(params)))
     return tuple(specs)
