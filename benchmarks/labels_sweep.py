@@ -1,9 +1,9 @@
 """Benchmark: batch label recovery and batch-size estimation on untrained networks.
 
 A thin wrapper around the ``labels-sweep`` preset
-(:func:`gradleak.experiments.label_sweep.run_label_sweep`, where the method is described): it
-runs the sweep into ``OUT/runs/labels-sweep`` (resuming the cells already there), then writes
-the benchmark's report.
+(:mod:`gradleak.experiments.label_sweep`, where the method is described): it runs the sweep into
+``OUT/runs/labels-sweep`` (resuming the trials already there), then writes the benchmark's
+report.
 
     python benchmarks/labels_sweep.py [--out benchmarks/results] [--trials 10] [--seed 0]
 
@@ -14,19 +14,21 @@ folder if it is not found automatically.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from gradleak.experiments import RunOptions, get_preset, run_experiment
 from gradleak.experiments.label_sweep import (
+    LabelSweepSettings,
     batch_size_rows,
     label_rows,
     markdown,
-    run_label_sweep,
 )
-from gradleak.report import write_json
+from gradleak.records import write_json
 
 
 def main() -> None:
@@ -38,9 +40,9 @@ def main() -> None:
     torch.set_num_threads(1)
 
     start = time.perf_counter()
-    results = run_label_sweep(
-        args.out / "runs" / "labels-sweep", trials=args.trials, seed=args.seed, progress=_printer
-    )
+    settings = LabelSweepSettings(trials=args.trials, seed=args.seed)
+    experiment = dataclasses.replace(get_preset("labels-sweep"), settings=settings)
+    results = run_experiment(experiment, args.out / "runs" / "labels-sweep", RunOptions(threads=1))
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     settings = results["settings"]
     report = {
@@ -49,14 +51,7 @@ def main() -> None:
         "versions": results["versions"],
         "settings": {
             key: settings[key]
-            for key in (
-                "trials",
-                "seed",
-                "label_batch_sizes",
-                "batch_size_sweep",
-                "auxiliary_images",
-                "target",
-            )
+            for key in ("trials", "seed", "label_batch_sizes", "batch_size_sweep", "target")
         },
         "labels": label_rows(results),
         "batch_size": batch_size_rows(results),
@@ -65,14 +60,6 @@ def main() -> None:
     }
     write_json(args.out / "labels_sweep.json", report)
     (args.out / "labels_sweep.md").write_text(markdown(results, command=command))
-
-
-def _printer(case_id: str, total: int):
-    def callback(done: int, total_: int, value: float) -> None:
-        if done == total_:
-            print(f"{case_id:40s} {value:.3f}", flush=True)
-
-    return callback
 
 
 if __name__ == "__main__":

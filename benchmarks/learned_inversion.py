@@ -18,12 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from gradleak.experiments.learned_inversion import (
-    LearnedInversionSettings,
-    initialization_speedup,
-    run_learned_inversion,
-)
-from gradleak.report import environment, write_json
+from gradleak.experiments import RunOptions, get_preset, run_experiment
+from gradleak.experiments.learned_inversion import LearnedInversionSettings
+from gradleak.records import environment, write_json
 
 TARGETS = (
     "batch size 1, LeNet/CIFAR-10: the inverter alone reaches SSIM >= 0.3 in < 50 ms per image; "
@@ -47,7 +44,9 @@ def main() -> None:
         **{k: getattr(args, k) for k in vars(args) if k != "out"},
     )
     start = time.perf_counter()
-    results = run_learned_inversion(args.out / "runs" / "learned-inversion", settings=settings)
+    experiment = dataclasses.replace(get_preset("learned-inversion"), settings=settings)
+    out = args.out / "runs" / "learned-inversion"
+    results = run_experiment(experiment, out, RunOptions(threads=1))
     report = {
         "benchmark": "learned_inversion",
         "command": ("python benchmarks/learned_inversion.py " + " ".join(sys.argv[1:])).strip(),
@@ -55,8 +54,8 @@ def main() -> None:
         "versions": environment(),
         "settings": results["settings"],
         "summary": results["summary"],
-        "speedup": initialization_speedup(results["cases"]),
-        "batch_size": [c for c in results["cases"] if c["variant"] == "batch-size prediction"],
+        "speedup": results["speedup"],
+        "batch_size": results["batch_size_accuracy"],
         "wall_seconds": time.perf_counter() - start,
     }
     write_json(args.out / "learned_inversion.json", report)
@@ -103,13 +102,15 @@ def markdown(report: dict) -> str:
         "",
         "## Batch size from the gradient (held-out auxiliary batches)",
         "",
-        "| B | learned head | analytic estimate | trials |",
-        "|---|---|---|---|",
+        f"{report['settings']['size_trials']} trials per batch size.",
+        "",
+        "| B | learned head | analytic estimate |",
+        "|---|---|---|",
     ]
-    for case in report["batch_size"]:
+    for batch, accuracy in report["batch_size"].items():
         lines.append(
-            f"| {case['batch_size']} | {case['accuracy']:.2f} | "
-            f"{case['analytic_accuracy']:.2f} | {case['trials']} |"
+            f"| {batch.removeprefix('B=')} | {accuracy['learned head']:.2f} | "
+            f"{accuracy['analytic']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -17,9 +17,11 @@ from pathlib import Path
 
 from gradleak.attacks import load_reconstruction
 from gradleak.data import load_images
-from gradleak.experiments.prior_shift import PriorShiftSettings, run_prior_shift
+from gradleak.experiments import RunOptions, get_preset, run_experiment
+from gradleak.experiments.prior_shift import PriorShiftSettings
 from gradleak.learning import read_card
-from gradleak.report import environment, save_grid, write_json
+from gradleak.records import environment, write_json
+from gradleak.report import save_grid
 
 TARGETS = (
     "in-distribution GIAS or GIFD beats Inverting Gradients' median PSNR at batch size 4 by >= 2 "
@@ -42,7 +44,8 @@ def main() -> None:
     )
     start = time.perf_counter()
     name = "prior-shift" if args.model == defaults.model else f"prior-shift-{args.model}"
-    results = run_prior_shift(args.out / "runs" / name, settings=settings)
+    experiment = dataclasses.replace(get_preset("prior-shift"), settings=settings)
+    results = run_experiment(experiment, args.out / "runs" / name, RunOptions(threads=1))
     report = {
         "benchmark": "prior_shift",
         "command": ("python benchmarks/prior_shift.py " + " ".join(sys.argv[1:])).strip(),
@@ -60,7 +63,9 @@ def main() -> None:
     stem = name.replace("-", "_")
     write_json(args.out / f"{stem}.json", report)
     (args.out / f"{stem}.md").write_text(markdown(report))
-    figure = write_figure(results["cases"], settings.data, args.out / f"{stem}.png")
+    figure = write_figure(
+        results["cases"], settings.data, args.out / "runs" / name, args.out / f"{stem}.png"
+    )
     print(markdown(report), f"figure: {figure} (rows: truth, then {', '.join(ROWS)})", sep="\n")
 
 
@@ -69,16 +74,16 @@ ROWS = ("ig", "dip", "gias (in-distribution)", "gifd (in-distribution)", "gias (
         "gias (other dataset)")  # fmt: skip
 
 
-def write_figure(cases: list[dict], data: str, path: Path) -> Path:
+def write_figure(cases: list[dict], data: str, run: Path, path: Path) -> Path:
     """The first batch of the largest size: truth, then one row per method in ``ROWS``."""
     largest = max(c["batch_size"] for c in cases)
-    batch = next(c["id"].split("/")[1] for c in cases if c["batch_size"] == largest)
+    batch = next(c["images"] for c in cases if c["batch_size"] == largest)
     pool = load_images(data)
     index = {image_id: i for i, image_id in enumerate(pool.ids)}
-    rows = [pool.images[[index[i] for i in batch.split("+")]]]
+    rows = [pool.images[[index[i] for i in batch]]]
     for variant in ROWS:
-        case = next(c for c in cases if c["id"] == f"B={largest}/{batch}/{variant}")
-        reconstruction = load_reconstruction(case["files"]["reconstruction"])
+        case = next(c for c in cases if c["images"] == batch and c["variant"] == variant)
+        reconstruction = load_reconstruction(run / case["files"]["reconstruction"])
         rows.append(reconstruction.images[case["order"]])
     return save_grid(path, rows, scale=3)
 

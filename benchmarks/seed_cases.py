@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from gradleak.experiments import get_preset, run_preset
-from gradleak.report import environment, write_json
+from gradleak.experiments import RunOptions, get_preset, run_experiment
+from gradleak.records import environment, write_json
 
 PRESETS = ("seed-mlp-flowers", "seed-lenet-cifar", "seed-lenet-bs2", "seed-tv-sweep")
 TARGETS = {
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="seed_cases", help="stem of the JSON/Markdown files")
+    parser.add_argument("--workers", type=int, default=1, help="cases run in parallel")
     args = parser.parse_args()
 
     command = "python benchmarks/seed_cases.py " + " ".join(sys.argv[1:])
@@ -57,13 +58,14 @@ def main() -> None:
     for name in args.presets.split(","):
         preset = get_preset(name)
         start = time.perf_counter()
-        results = run_preset(
-            preset,
-            args.out / "runs" / name,
+        options = RunOptions(
             iterations=args.iterations,
             restarts=args.restarts,
             seed=args.seed,
+            threads=1,
+            workers=args.workers,
         )
+        results = run_experiment(preset, args.out / "runs" / name, options)
         report["presets"][name] = {
             "settings": results["settings"],
             "summary": results["summary"],
@@ -71,7 +73,7 @@ def main() -> None:
             "wall_seconds": time.perf_counter() - start,
         }
         for variant in results["summary"]["by_variant"]:
-            cases = [c for c in results["cases"] if c["variant"] == variant]
+            cases = [c for c in results["cases"] if c["variant"] == variant and c["psnr"]]
             for size, composition in dict.fromkeys(
                 (len(c["images"]), c["composition"]) for c in cases
             ):
@@ -113,7 +115,7 @@ def _markdown(rows: list[dict], report: dict) -> str:
         "",
         f"`{report['command']}`",
         "",
-        f"torch {versions['torch']}, {versions['torch_threads']} threads, "
+        f"torch {versions['torch']}, 1 thread per case, "
         f"{versions['cpu_count']} CPUs, {versions['platform']}",
         "",
         "| preset | variant | batches | cases | PSNR median | PSNR min | SSIM median "

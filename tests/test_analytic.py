@@ -126,6 +126,7 @@ def test_rgap_is_exact_on_invertible_mlp(cifar10):
         assert reconstruction.labels.tolist() == cifar10.labels[i : i + 1].tolist()
 
 
+@pytest.mark.slow
 def test_rgap_recovers_real_images_on_cnn6(cifar10):
     """R-GAP's CNN6 at random init, labels hidden: 107.8-116.1 dB on the 20 images (benchmark)."""
     model = build_model("rgap_cnn", seed=0)

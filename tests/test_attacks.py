@@ -19,6 +19,7 @@ def _observe_one(model_name, images, index, **model_kwargs):
     return observe(model, images.images[index : index + 1], images.labels[index : index + 1])
 
 
+@pytest.mark.slow
 def test_mlp_batch1_l2_reaches_30db(flowers):
     """The write-up's 4-layer MLP, batch size 1, known label, l2, no prior."""
     for index in (0, 5):
@@ -28,6 +29,7 @@ def test_mlp_batch1_l2_reaches_30db(flowers):
         assert float(score.psnr[0]) >= 30.0, f"image {index}: {float(score.psnr[0]):.1f} dB"
 
 
+@pytest.mark.slow
 def test_lenet_batch1_reaches_25db(cifar10):
     """iDLG on the DLG LeNet, batch size 1, real CIFAR-10 test image, label not known."""
     model = build_model("lenet", seed=0)
@@ -70,6 +72,7 @@ def test_known_labels_refused_when_hidden(cifar10):
         DLG(labels="known")(obs, iterations=1)
 
 
+@pytest.mark.slow
 def test_dlg_joint_labels_recover_label(cifar10):
     model = build_model("lenet", seed=0)
     obs = observe(model, cifar10.images[1:2], cifar10.labels[1:2], knows_labels=False)

@@ -349,6 +349,7 @@ def test_observe_then_attack(photos, tmp_path):
     assert (out / "cases/idlg/reconstruction.safetensors").is_file()
 
 
+@pytest.mark.slow
 @needs_shared
 def test_run_preset_writes_results_and_resumes(tmp_path):
     out = tmp_path / "tmp" / "run"
@@ -377,22 +378,23 @@ def test_run_preset_writes_results_and_resumes(tmp_path):
 
 
 # ---------------------------------------------------------------------- bugs fixed (issue 11)
-def test_batch_size_guess_reaches_the_attack_of_a_hidden_batch_size(photos, tmp_path):
+def test_batch_size_guess_reaches_the_attack_of_a_hidden_batch_size(
+    monkeypatch, capsys, photos, tmp_path
+):
     obs_path = tmp_path / "hidden.safetensors"
-    result = run_cli(
-        *("observe", "--model", "lenet", "--images", photos, "--n-images", "1"),
-        *("--hide-batch-size", "--out", obs_path),
-        cwd=tmp_path,
+    code, _, err = call_main(
+        monkeypatch, capsys, "observe", "--model", "lenet", "--images", photos, "--n-images", "1",
+        "--hide-batch-size", "--out", obs_path,
+    )  # fmt: skip
+    assert code == 0, err
+    args = ("attack", obs_path, "--method", "idlg", "--iterations", "1", "--set", "optimizer=adam")
+    code, _, err = call_main(monkeypatch, capsys, *args, "--out", tmp_path / "without")
+    assert code == 2
+    assert "hides the batch size; pass batch_size= (or --batch-size)" in one_error_line(err)
+    code, _, err = call_main(
+        monkeypatch, capsys, *args, "--batch-size", "1", "--out", tmp_path / "guessed"
     )
-    assert result.returncode == 0, result.stderr
-    args = ("attack", obs_path, "--method", "idlg", "--iterations", "1")
-    without = run_cli(*args, "--out", tmp_path / "without", cwd=tmp_path)
-    assert without.returncode == 2
-    assert "hides the batch size; pass batch_size= (or --batch-size)" in one_error_line(
-        without.stderr
-    )
-    guessed = run_cli(*args, "--batch-size", "1", "--out", tmp_path / "guessed", cwd=tmp_path)
-    assert guessed.returncode == 0, guessed.stderr
+    assert code == 0, err
     case = json.loads((tmp_path / "guessed" / "results.json").read_text())["cases"][0]
     assert case["status"] == "done" and case["label_accuracy"] == 1.0
     assert not load_observation(obs_path).knows_batch_size  # the file is left as it was

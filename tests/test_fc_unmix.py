@@ -64,6 +64,7 @@ def test_repeated_label_batch_of_16_is_recovered(jpeg_all):
     assert rec.gradient_distance < 1e-10
 
 
+@pytest.mark.slow
 def test_cpa_unmixing_beats_chance(jpeg100):
     """CPA's ICA alone (10 images of one class); measured 24.3 dB, mixtures score ~12 dB."""
     obs = observe(_mlp(), *_one_class(jpeg100, 7, 10))

@@ -144,6 +144,7 @@ def test_unknown_schedule_is_a_clear_error(cifar10):
         get_attack("inverting_gradients", schedule="linear")(obs, iterations=1)
 
 
+@pytest.mark.slow
 def test_bn_prior_pulls_the_batch_statistics_toward_the_running_ones(resnet20, cifar10):
     """On a trained ResNet, reconstructions made with the BN prior carry BN statistics closer to
     the model's running statistics than those made without it."""
@@ -161,6 +162,7 @@ def test_bn_prior_pulls_the_batch_statistics_toward_the_running_ones(resnet20, c
     assert with_prior < 0.8 * without, (with_prior, without)
 
 
+@pytest.mark.slow
 def test_priors_ablation_preset_runs_on_the_trained_resnet(tmp_path, cifar10):
     """Every variant of the preset runs on the trained ResNet (two real images, batch 1)."""
     from gradleak.experiments import RunOptions, get_preset, run_experiment

@@ -42,6 +42,19 @@ def trained(aux, cifar10, tmp_path_factory):
     return model, inverter, path
 
 
+@pytest.fixture(scope="module")
+def quick(aux, cifar10, tmp_path_factory):
+    """An untrained-quality LeNet inverter for batch sizes 1..4 (a few steps): for the attack's
+    plumbing and errors, not its quality."""
+    path = tmp_path_factory.mktemp("quick") / "lenet.safetensors"
+    model = build_model("lenet")
+    inverter = train_inverter(
+        model, aux.subset(slice(0, 200)), out=path, steps=5, batch_sizes=(1, 4),
+        hash_dim=64, hidden=16, minibatch=8,
+    )  # fmt: skip
+    return model, inverter, path
+
+
 def test_count_sketch_equals_dense_reference_and_is_linear():
     hasher = FeatureHasher(7, seed=3)
     g = torch.randn(50, generator=torch.Generator().manual_seed(0))
@@ -123,6 +136,7 @@ def test_training_resumes_bit_identically(aux, tmp_path):
         train_inverter(model, data, out=out, **{**settings, "hidden": 8})
 
 
+@pytest.mark.slow
 def test_trained_inverter_beats_gray_and_chance(trained, aux, cifar10):
     model, inverter, path = trained
     card = load_inverter(path).card
@@ -148,8 +162,8 @@ def test_trained_inverter_beats_gray_and_chance(trained, aux, cifar10):
     assert probabilities.shape == (4,) and torch.isclose(probabilities.sum(), torch.tensor(1.0))
 
 
-def test_learned_attack_with_and_without_refinement(trained, cifar10):
-    model, _, path = trained
+def test_learned_attack_with_and_without_refinement(quick, cifar10):
+    model, _, path = quick
     obs = observe(
         model, cifar10.images[:2], cifar10.labels[:2], knows_batch_size=False, knows_labels=False
     )
@@ -164,8 +178,8 @@ def test_learned_attack_with_and_without_refinement(trained, cifar10):
     assert result.notes["weight_drift"] > 0.1 and result.images.shape == (1, 3, 32, 32)
 
 
-def test_learned_errors(trained, cifar10, tmp_path):
-    model, inverter, path = trained
+def test_learned_errors(quick, cifar10, tmp_path):
+    model, inverter, path = quick
     obs = observe(model, cifar10.images[:1], cifar10.labels[:1])
     with pytest.raises(GradleakError, match="needs a trained inverter"):
         get_attack("learned")(obs)
@@ -187,6 +201,7 @@ def test_learned_errors(trained, cifar10, tmp_path):
         inverter.invert(obs, batch_size=5)
 
 
+@pytest.mark.slow
 def test_batchnorm_models_train_on_batch_gradients(tmp_path, aux):
     model = build_model("resnet20", width=4)
     inverter = train_inverter(
