@@ -130,3 +130,37 @@ def test_a_new_attack_is_one_registered_class(lenet_one):
             Gray()(lenet_one, iterations=3)
     finally:
         del REGISTRY["gray-baseline"]
+
+
+def test_subpackages_import_downward_only():
+    """No import cycle between subpackages; reading the gradient sits below attacks and
+    analysis; the attack base class does not depend on reports."""
+    import ast
+    from pathlib import Path
+
+    import gradleak
+
+    root = Path(gradleak.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).parts
+        package = parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                if name.startswith("gradleak.") and name.split(".")[1] != package:
+                    imports.setdefault(package, set()).add(name.split(".")[1])
+
+    def reaches(start: str, goal: str, seen=()) -> bool:
+        return any(
+            n == goal or (n not in seen and reaches(n, goal, (*seen, n)))
+            for n in imports.get(start, ())
+        )
+
+    for package in imports:
+        assert not reaches(package, package), f"import cycle through {package}"
+    assert not imports["gradient"] & {"attacks", "analysis", "experiments", "report"}
+    assert "analysis" not in imports["attacks"] and "report" not in imports["attacks"]
+    base = (root / "attacks" / "base.py").read_text()
+    assert "gradleak.report" not in base

@@ -188,23 +188,6 @@ def demo(
     _execute(get_preset("demo"), out, _options(seed=seed, threads=threads))
 
 
-def _run_options(
-    images, n_images, iterations, restarts, seed, batch_size, threads, workers, backend, address
-):
-    return _options(
-        images=images,
-        n_images=n_images,
-        iterations=iterations,
-        restarts=restarts,
-        seed=seed,
-        batch_size=batch_size,
-        threads=threads,
-        workers=workers,
-        backend=backend,
-        address=address,
-    )
-
-
 IMAGES_HELP = "Image folder, image files, .npz or dataset name."
 
 
@@ -236,9 +219,10 @@ def run(
             known = ", ".join(catalog.models())
             raise GradleakError(f"unknown model {model!r}; choose one of: {known}")
         experiment = with_model(experiment, model)
-    options = _run_options(
-        images, n_images, iterations, restarts, seed, batch_size, threads, workers, backend, address
-    )
+    options = _options(
+        images=images, n_images=n_images, iterations=iterations, restarts=restarts, seed=seed,
+        batch_size=batch_size, threads=threads, workers=workers, backend=backend, address=address,
+    )  # fmt: skip
     default = Path("runs") / (preset if model is None else f"{preset}-{model}")
     _execute(experiment, out or default, options)
 
@@ -262,9 +246,9 @@ def sweep(
     from gradleak.experiments.sweep import load_sweep
 
     experiment = load_sweep(grid)
-    options = _run_options(
-        images, n_images, iterations, restarts, seed, None, threads,
-        workers or policy.free_cores(), backend, address,
+    options = _options(
+        images=images, n_images=n_images, iterations=iterations, restarts=restarts, seed=seed,
+        threads=threads, workers=workers or policy.free_cores(), backend=backend, address=address,
     )  # fmt: skip
     _execute(experiment, out, options)
 

@@ -96,8 +96,9 @@ def apply(count: int) -> int:
 def model_macs(model) -> float:
     """Multiply-accumulates of one forward pass of ``model`` (an ImageClassifier) on one image,
     counted over its convolutions and linear layers."""
-    import torch
     from torch import nn
+
+    from gradleak.models._shape import dummy_forward
 
     total = 0.0
 
@@ -107,16 +108,7 @@ def model_macs(model) -> float:
         total += output[0].numel() * per_output
 
     layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    hooks = [m.register_forward_hook(count) for m in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *model.input_shape))
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    dummy_forward(model, model.input_shape, [(layer, count) for layer in layers])
     return total
 
 

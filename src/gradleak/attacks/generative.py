@@ -20,6 +20,8 @@ import copy
 import dataclasses
 import math
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from gradleak.attacks.base import AttackContext, requirement
 from gradleak.attacks.inverting_gradients import InvertingGradients
-from gradleak.attacks.matching import MatchingSettings
+from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings, Stage
 from gradleak.attacks.requirements import artifact
 from gradleak.errors import GradleakError
 from gradleak.generative import Generator, load_generator
@@ -65,6 +67,51 @@ def PRIOR_FITS(context: AttackContext) -> str | None:
 def prior_generator(context: AttackContext) -> Generator:
     """The generator named by the ``prior`` setting (checked by PRIOR and PRIOR_FITS)."""
     return load_generator(Path(context.settings.prior).expanduser())
+
+
+@dataclass(frozen=True)
+class PriorSettings(MatchingSettings):
+    """Inverting Gradients' settings plus the generative prior.
+
+    Attributes:
+        prior: the generator artifact (``.safetensors``, from ``gradleak train-prior``).
+        latent_fraction: share of the iterations spent on the latent stage.
+    """
+
+    prior: str = ""
+    latent_fraction: float = 0.5
+
+
+def prior_defaults(cls: type, **changes) -> PriorSettings:
+    """Inverting Gradients' settings for an attack through a generator: unsigned Adam (lr 0.1),
+    no TV (the prior supplies the image structure), 600 steps."""
+    return from_inverting_gradients(
+        cls, **{"lr": 0.1, "signed": False, "tv": 0.0, "iterations": 600, **changes}
+    )
+
+
+class LatentSearch(GradientMatchingAttack):
+    """An attack through a generative prior: GIAS's latent search (Jeon et al. 2021, eq. 4),
+    ``z* = argmin_z D(grad(G(z)), g)`` over a frozen generator trained on auxiliary data, then
+    the stages of :meth:`refine`, which share the iterations left."""
+
+    requirements = (*GradientMatchingAttack.requirements, PRIOR, PRIOR_FITS)
+
+    def later_stages(self, generator: Generator, settings) -> int:
+        """How many stages follow the latent search."""
+        return 1
+
+    def refine(self, context: AttackContext, generator: Generator, latent: Latent, steps):
+        """The stages after the latent search, ``steps[i]`` iterations each."""
+        raise NotImplementedError
+
+    def stages(self, context: AttackContext) -> Iterator[Stage]:
+        s = context.settings
+        generator = prior_generator(context)
+        steps = split_iterations(s.iterations, s.latent_fraction, self.later_stages(generator, s))
+        latent = Latent(generator, s.restarts, context.batch_size, context.generator)
+        yield Stage(latent, steps[0], name="latent")
+        yield from self.refine(context, generator, latent, steps[1:])
 
 
 def split_iterations(total: int, first_fraction: float, later_stages: int) -> list[int]:

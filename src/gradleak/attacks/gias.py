@@ -18,37 +18,31 @@ from dataclasses import dataclass
 
 from gradleak.attacks.base import AttackContext
 from gradleak.attacks.generative import (
-    PRIOR,
-    PRIOR_FITS,
     GeneratorWeights,
-    Latent,
-    from_inverting_gradients,
-    prior_generator,
-    split_iterations,
+    LatentSearch,
+    PriorSettings,
+    prior_defaults,
 )
-from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings, Stage
+from gradleak.attacks.matching import Stage
 from gradleak.attacks.registry import register_attack
 
 
 @dataclass(frozen=True)
-class GIASSettings(MatchingSettings):
-    """Inverting Gradients' settings plus:
+class GIASSettings(PriorSettings):
+    """The generative prior's settings (:class:`~gradleak.attacks.generative.PriorSettings`)
+    plus:
 
     Attributes:
-        prior: the generator artifact (``.safetensors``, from ``train_generator``).
-        latent_fraction: share of the iterations spent on the latent stage.
         weight_lr: Adam's step size on the generator copies (``lr`` is the latent stage's).
         weight_penalty: lambda of ``lambda ||theta - theta_0||^2``.
     """
 
-    prior: str = ""
-    latent_fraction: float = 0.5
     weight_lr: float = 3e-4
     weight_penalty: float = 1e-4
 
 
 @register_attack
-class GIAS(GradientMatchingAttack):
+class GIAS(LatentSearch):
     """GIAS: latent search through a frozen generator, then per-image generator weights.
 
     Shape:
@@ -61,16 +55,12 @@ class GIAS(GradientMatchingAttack):
     """
 
     name = "gias"
-    defaults = from_inverting_gradients(GIASSettings, lr=0.1, signed=False, tv=0.0, iterations=600)
-    requirements = (*GradientMatchingAttack.requirements, PRIOR, PRIOR_FITS)
+    defaults = prior_defaults(GIASSettings)
     expected = "images from a generator trained on auxiliary data, then its tuned copies"
 
-    def stages(self, context: AttackContext) -> Iterator[Stage]:
-        s = context.settings
-        generator = prior_generator(context)
-        latent_steps, weight_steps = split_iterations(s.iterations, s.latent_fraction, 1)
-        latent = Latent(generator, s.restarts, context.batch_size, context.generator)
-        yield Stage(latent, latent_steps, name="latent")
+    def refine(self, context: AttackContext, generator, latent, steps) -> Iterator[Stage]:
+        (weight_steps,) = steps
         if weight_steps:
+            s = context.settings
             weights = GeneratorWeights(generator, latent.z, s.weight_penalty)
             yield Stage(weights, weight_steps, lr=s.weight_lr, name="generator")

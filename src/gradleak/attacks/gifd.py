@@ -16,35 +16,24 @@ from dataclasses import dataclass
 import torch
 
 from gradleak.attacks.base import AttackContext
-from gradleak.attacks.generative import (
-    PRIOR,
-    PRIOR_FITS,
-    Features,
-    Latent,
-    from_inverting_gradients,
-    prior_generator,
-    split_iterations,
-)
-from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings, Stage
+from gradleak.attacks.generative import Features, LatentSearch, PriorSettings, prior_defaults
+from gradleak.attacks.matching import Stage
 from gradleak.attacks.registry import register_attack
 from gradleak.errors import GradleakError
 
 
 @dataclass(frozen=True)
-class GIFDSettings(MatchingSettings):
-    """Inverting Gradients' settings plus:
+class GIFDSettings(PriorSettings):
+    """The generative prior's settings (:class:`~gradleak.attacks.generative.PriorSettings`;
+    the iterations after the latent stage are split evenly over the feature stages) plus:
 
     Attributes:
-        prior: the generator artifact (``.safetensors``, from ``train_generator``).
-        latent_fraction: share of the iterations spent on the latent stage; the rest is split
-            evenly over the feature stages.
         layers: feature stages (blocks 1..layers; at most the generator's blocks minus one).
         radii: l1 radius of each feature stage, relative to the l1 norm of its starting
             features (the last value repeats).
         feature_lr: Adam's step size on the features (``lr`` is the latent stage's).
     """
 
-    prior: str = ""
     latent_fraction: float = 0.4
     layers: int = 3
     radii: tuple[float, ...] = (0.3, 0.3, 0.3)
@@ -52,12 +41,12 @@ class GIFDSettings(MatchingSettings):
 
 
 @register_attack
-class GIFD(GradientMatchingAttack):
+class GIFD(LatentSearch):
     """GIFD: latent search, then intermediate generator features in l1 balls, layer by layer.
 
     Shape:
-        observation of B images (C, H, W) -> images (B, C, H, W), labels (B,); the generator
-        must make (C, H, W) images.
+        observation of B images (C, H, W) and a prior making (C, H, W) images
+        -> images (B, C, H, W), labels (B,).
 
     Examples::
         >>> attack = GIFD(prior="priors/cifar10.safetensors", radii=(0.5,))
@@ -65,27 +54,25 @@ class GIFD(GradientMatchingAttack):
     """
 
     name = "gifd"
-    defaults = from_inverting_gradients(GIFDSettings, lr=0.1, signed=False, tv=0.0, iterations=600)
-    requirements = (*GradientMatchingAttack.requirements, PRIOR, PRIOR_FITS)
+    defaults = prior_defaults(GIFDSettings)
     expected = "images from a generator's latent, then its intermediate features in l1 balls"
 
-    def stages(self, context: AttackContext) -> Iterator[Stage]:
-        s = context.settings
-        generator = prior_generator(context)
-        layers = min(s.layers, len(generator.blocks) - 1)
-        if layers < 0 or not s.radii:
+    def later_stages(self, generator, settings) -> int:
+        layers = min(settings.layers, len(generator.blocks) - 1)
+        if layers < 0 or not settings.radii:
             raise GradleakError("gifd needs layers >= 0 and at least one l1 radius")
-        steps = split_iterations(s.iterations, s.latent_fraction, layers)
-        latent = Latent(generator, s.restarts, context.batch_size, context.generator)
-        yield Stage(latent, steps[0], name="latent")
+        return layers
+
+    def refine(self, context: AttackContext, generator, latent, steps) -> Iterator[Stage]:
+        s = context.settings
         z = latent.z.detach()
         with torch.no_grad():
             features = generator.blocks[0](z.flatten(0, 1)).unflatten(0, z.shape[:2])
-        for k in range(1, layers + 1):
-            if not steps[k]:
+        for k, count in enumerate(steps, start=1):
+            if not count:
                 break
             radius = s.radii[min(k - 1, len(s.radii) - 1)]
             stage = Features(generator, k, features, radius)
-            yield Stage(stage, steps[k], lr=s.feature_lr, name=f"features {k}")
-            if k < layers:
+            yield Stage(stage, count, lr=s.feature_lr, name=f"features {k}")
+            if k < len(steps):
                 features = stage.next_features()

@@ -9,7 +9,10 @@ consistency, several seeds optimized together and pulled toward their registered
 
 from __future__ import annotations
 
-from gradleak.attacks.matching import GradientMatchingAttack, MatchingSettings
+import dataclasses
+
+from gradleak.attacks.inverting_gradients import InvertingGradients
+from gradleak.attacks.matching import GradientMatchingAttack
 from gradleak.attacks.registry import register_attack
 
 
@@ -38,19 +41,13 @@ class GradInversion(GradientMatchingAttack):
 
     name = "gradinversion"
     expected = "cosine matching with image priors (BN statistics on trained BN models)"
-    defaults = MatchingSettings(
-        distance="cosine",
-        optimizer="adam",
-        lr=0.1,
-        iterations=2000,
+    defaults = dataclasses.replace(
+        InvertingGradients.defaults,
         restarts=4,
-        tv=0.2,
         l2=1e-6,
         bn=1e-3,
         group=0.01,
         group_every=100,
-        labels="auto",
-        boxed=True,
         signed=False,
         schedule="cosine",
         warmup=50,

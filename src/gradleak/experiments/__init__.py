@@ -1,7 +1,7 @@
 """Experiments as data, one runner.
 
-An :class:`Experiment` is settings, the artifacts it trains and the cases it runs
-(:mod:`~gradleak.experiments.spec`); the reference write-up's presets are grids and studies
+An :class:`Experiment` is settings, the artifacts it trains and the cases it runs (every spec
+is in :mod:`~gradleak.experiments.spec`); the reference write-up's presets are grids and studies
 (:mod:`~gradleak.experiments.presets`), ``gradleak sweep`` reads a grid from TOML
 (:mod:`~gradleak.experiments.sweep`), and :func:`run_experiment` runs any of them, resumably, in
 this process, a process pool or on Ray.
@@ -9,20 +9,7 @@ this process, a process pool or on Ray.
 
 from gradleak.experiments.grid import Grid, make_batches
 from gradleak.experiments.presets import PRESETS, get_preset, list_presets
-from gradleak.experiments.spec import (
-    ArtifactRef,
-    ArtifactSpec,
-    AttackSpec,
-    BatchSizeSpec,
-    Case,
-    DefenseSpec,
-    Experiment,
-    ImagesSpec,
-    LabelsSpec,
-    ModelSpec,
-    ObservationSpec,
-    RunOptions,
-)
+from gradleak.experiments.spec import AttackSpec, Case, Experiment, ModelSpec, RunOptions
 
 
 def run_experiment(*args, **kwargs):
@@ -35,18 +22,11 @@ def run_experiment(*args, **kwargs):
 
 __all__ = [
     "PRESETS",
-    "ArtifactRef",
-    "ArtifactSpec",
     "AttackSpec",
-    "BatchSizeSpec",
     "Case",
-    "DefenseSpec",
     "Experiment",
     "Grid",
-    "ImagesSpec",
-    "LabelsSpec",
     "ModelSpec",
-    "ObservationSpec",
     "RunOptions",
     "get_preset",
     "list_presets",

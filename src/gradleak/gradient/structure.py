@@ -15,6 +15,7 @@ from torch import nn
 
 from gradleak.errors import GradleakError
 from gradleak.models import ImageClassifier
+from gradleak.models._shape import dummy_forward
 
 INVERTIBLE = (nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
 """Activations whose input follows from their output (R-GAP's weight constraints need one)."""
@@ -183,16 +184,8 @@ def linear_layers(model: ImageClassifier, what: str = "rank analysis") -> list[L
                 shapes = tuple(inputs[0].shape[1:]), tuple(out.shape[1:])
                 layers.append(Layer(name, mod, None, *shapes))
 
-            hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *model.input_shape))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+            hooks.append((module, hook))
+    dummy_forward(model, model.input_shape, hooks)
     return layers
 
 

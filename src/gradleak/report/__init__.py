@@ -1,14 +1,7 @@
-"""Reports: figures, GIFs and results files."""
+"""Reports: truth-vs-reconstruction grids and GIFs; JSON records with versions
+(:mod:`gradleak.records`, re-exported here for scripts)."""
 
+from gradleak.records import environment, write_json
 from gradleak.report.figures import image_grid, save_gif, save_grid
-from gradleak.report.results import ResultsFile, environment, summarize, write_json
 
-__all__ = [
-    "ResultsFile",
-    "environment",
-    "image_grid",
-    "save_gif",
-    "save_grid",
-    "summarize",
-    "write_json",
-]
+__all__ = ["environment", "image_grid", "save_gif", "save_grid", "write_json"]
