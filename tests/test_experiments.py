@@ -98,10 +98,10 @@ def tiny(iterations: int = 1, n_images: int = 2) -> Experiment:
 def test_a_run_records_every_case_and_isolates_failures(tmp_path, monkeypatch):
     real = case_methods.RUNNERS[AttackSpec]
 
-    def flaky(case, observation, root, callback):
+    def flaky(case, observation, root, callback, device):
         if "chelsea" in case.id and case.method.attack == "idlg":
             raise RuntimeError("boom\nsecond line")
-        return real(case, observation, root, callback)
+        return real(case, observation, root, callback, device)
 
     monkeypatch.setitem(case_methods.RUNNERS, AttackSpec, flaky)
     results = run_experiment(tiny(), tmp_path, RunOptions(threads=1))

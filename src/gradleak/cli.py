@@ -34,6 +34,10 @@ def _threads_option():
     return typer.Option(None, "--threads", min=1, envvar="GRADLEAK_THREADS", help=THREADS_HELP)
 
 
+def _device_option():
+    return typer.Option("cpu", help="Where attacks optimize: cpu, cuda, cuda:1, ...")
+
+
 # ---------------------------------------------------------------------- progress
 class _Shown:
     """A run's progress (see :class:`gradleak.experiments.runner.Progress`): rich bars on a
@@ -181,11 +185,12 @@ def demo(
     out: Path = typer.Option(Path("gradleak-demo"), help="Output folder."),
     seed: int = typer.Option(None, help="Random seed."),
     threads: int = _threads_option(),
+    device: str = _device_option(),
 ) -> None:
     """Reconstruct bundled real photos from one training step's gradient (about a minute)."""
     from gradleak.experiments import get_preset
 
-    _execute(get_preset("demo"), out, _options(seed=seed, threads=threads))
+    _execute(get_preset("demo"), out, _options(seed=seed, threads=threads, device=device))
 
 
 IMAGES_HELP = "Image folder, image files, .npz or dataset name."
@@ -203,6 +208,7 @@ def run(
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Client batch size."),
     model: str = typer.Option(None, help="Attack another registered model (e.g. resnet56)."),
     threads: int = _threads_option(),
+    device: str = _device_option(),
     workers: int = typer.Option(1, min=1, help="Cases run in parallel (processes)."),
     backend: str = typer.Option("local", help="local (processes here) or ray."),
     address: str = typer.Option(None, help="Ray cluster to join (default: start one)."),
@@ -222,6 +228,7 @@ def run(
     options = _options(
         images=images, n_images=n_images, iterations=iterations, restarts=restarts, seed=seed,
         batch_size=batch_size, threads=threads, workers=workers, backend=backend, address=address,
+        device=device,
     )  # fmt: skip
     default = Path("runs") / (preset if model is None else f"{preset}-{model}")
     _execute(experiment, out or default, options)
@@ -240,6 +247,7 @@ def sweep(
     backend: str = typer.Option("local", help="local (a process pool) or ray."),
     address: str = typer.Option(None, help="Ray cluster to join (default: start one)."),
     threads: int = _threads_option(),
+    device: str = _device_option(),
 ) -> None:
     """Run a grid of cases (models x batches x attacks x defenses x seeds) from a TOML file."""
     from gradleak import threads as policy
@@ -249,6 +257,7 @@ def sweep(
     options = _options(
         images=images, n_images=n_images, iterations=iterations, restarts=restarts, seed=seed,
         threads=threads, workers=workers or policy.free_cores(), backend=backend, address=address,
+        device=device,
     )  # fmt: skip
     _execute(experiment, out, options)
 
@@ -371,6 +380,7 @@ def attack(
     prior: Path = typer.Option(None, help="Generator from `gradleak train-prior` (gias, gifd)."),
     inverter: Path = typer.Option(None, help="Inverter from `gradleak train-inverter` (learned)."),
     threads: int = _threads_option(),
+    device: str = _device_option(),
 ) -> None:
     """Reconstruct the images (and labels) behind an observation."""
     from gradleak.attacks import attack_class
@@ -383,8 +393,9 @@ def attack(
         raise GradleakError(f"attack {method!r} is closed-form: it takes no {' or '.join(budget)}")
     experiment = attack_experiment(str(observation), method, settings)
     options = _options(
-        iterations=iterations, restarts=restarts, seed=seed, batch_size=batch_size, threads=threads
-    )
+        iterations=iterations, restarts=restarts, seed=seed, batch_size=batch_size,
+        threads=threads, device=device,
+    )  # fmt: skip
     results = _execute(experiment, out, options)
     if method != "auto":
         (case,) = results["cases"]

@@ -82,8 +82,9 @@ class AttackContext:
         model: the server's model with the observed weights, in the observed mode.
         batch_size: known, given or guessed.
         settings: the attack's settings for this run (optional parts may be switched off).
-        generator: seeds every random choice of the run.
+        generator: seeds every random choice of the run (on the CPU, whatever the device).
         callback: progress callback, or None.
+        device: where an optimization runs (closed-form attacks compute on the CPU).
         notes: facts the run records in :attr:`Reconstruction.notes` (e.g. ``"disabled"``).
     """
 
@@ -95,6 +96,7 @@ class AttackContext:
     generator: torch.Generator = field(default_factory=torch.Generator)
     callback: ProgressCallback | None = None
     notes: dict = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def disable(self, setting: str, reason: str) -> None:
         """Switch the optional part weighted by ``setting`` off (its value becomes 0) and record
@@ -204,6 +206,7 @@ class Attack:
         batch_size: int | None = None,
         callback: ProgressCallback | None = None,
         model: ImageClassifier | None = None,
+        device: str | torch.device | None = None,
     ) -> Reconstruction:
         """Reconstruct the client's batch from ``observation``.
 
@@ -215,6 +218,8 @@ class Attack:
             batch_size: the attacker's guess when the threat model hides the batch size.
             callback: progress callback, called once per iteration.
             model: the server's model rebuilt from ``observation`` (built here when omitted).
+            device: where to optimize (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...); results come
+                back on the CPU.
 
         Raises:
             GradleakError: the attack does not apply (the reasons of :meth:`check`).
@@ -235,11 +240,17 @@ class Attack:
             raise GradleakError(f"attack '{self.name}' does not apply: {'; '.join(problems)}")
         context.generator = torch.Generator().manual_seed(seed)
         context.callback = callback
+        context.device = resolve_device(device)
         start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            result = self.reconstruct(context)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                result = self.reconstruct(context)
+        finally:
+            context.model.to("cpu")  # the caller's model stays where it was
         result.seconds = time.perf_counter() - start
+        result.images, result.labels = result.images.cpu(), result.labels.cpu()
+        result.frames = [frame.cpu() for frame in result.frames]
         settings = dataclasses.asdict(context.settings)
         result.settings = {"attack": self.name, "seed": seed, **settings}
         result.notes = {**context.notes, **result.notes}
@@ -281,6 +292,23 @@ class Attack:
             if problem:
                 problems.append(problem)
         return problems
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device (None: the CPU); GradleakError if torch cannot use it."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise GradleakError(f"unknown device {device!r}; e.g. cpu, cuda, cuda:1") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise GradleakError(f"device {device!r}: torch sees no CUDA device on this machine")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise GradleakError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices")
+    if resolved.type not in ("cpu", "cuda"):
+        raise GradleakError(f"device {device!r}: gradleak runs on cpu or cuda devices")
+    return resolved
 
 
 RECONSTRUCTION_FORMAT = "gradleak.reconstruction/1"

@@ -58,4 +58,5 @@ class DeepImagePrior(GradientMatchingAttack):
     def stages(self, context: AttackContext) -> Iterator[Stage]:
         s = context.settings
         shape = (s.restarts, context.batch_size, *context.model.input_shape)
-        yield Stage(UntrainedNetwork(shape, s.width, context.generator), s.iterations)
+        network = UntrainedNetwork(shape, s.width, context.generator, context.device)
+        yield Stage(network, s.iterations)

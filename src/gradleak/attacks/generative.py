@@ -66,7 +66,7 @@ def PRIOR_FITS(context: AttackContext) -> str | None:
 
 def prior_generator(context: AttackContext) -> Generator:
     """The generator named by the ``prior`` setting (checked by PRIOR and PRIOR_FITS)."""
-    return load_generator(Path(context.settings.prior).expanduser())
+    return load_generator(Path(context.settings.prior).expanduser()).to(context.device)
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,9 @@ class Latent:
 
     def __init__(self, generator: Generator, restarts: int, batch_size: int, rng: torch.Generator):
         self.generator = generator
-        self.z = torch.randn(restarts, batch_size, generator.latent_dim, generator=rng)
-        self.z.requires_grad_(True)
+        device = next(generator.parameters()).device
+        z = torch.randn(restarts, batch_size, generator.latent_dim, generator=rng)
+        self.z = z.to(device).requires_grad_(True)
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.z]
@@ -294,7 +295,7 @@ class UntrainedNetwork:
         rng: seeds the decoders' initial weights and the noise inputs.
     """
 
-    def __init__(self, shape: tuple[int, ...], width: int, rng: torch.Generator):
+    def __init__(self, shape: tuple[int, ...], width: int, rng: torch.Generator, device="cpu"):
         restarts, batch, channels, height, _ = shape
         seed = int(torch.randint(2**31 - 1, (1,), generator=rng))
         with torch.random.fork_rng(devices=[]):
@@ -302,8 +303,10 @@ class UntrainedNetwork:
             nets = [Decoder(height, channels, width) for _ in range(restarts)]
         self.net = copy.deepcopy(nets[0]).to("meta")
         weights, _ = stack_module_state(nets)
-        self.weights = {k: w.detach().clone().requires_grad_(True) for k, w in weights.items()}
-        self.noise = torch.rand(restarts, batch, width, 4, 4, generator=rng) * 0.2
+        self.weights = {
+            k: w.detach().clone().to(device).requires_grad_(True) for k, w in weights.items()
+        }
+        self.noise = (torch.rand(restarts, batch, width, 4, 4, generator=rng) * 0.2).to(device)
         self.vectorize = True
 
     def parameters(self) -> list[torch.Tensor]:

@@ -91,9 +91,9 @@ class MatchingSettings:
 class _BestIterates:
     """Keeps, per restart, the iterate with the lowest objective seen so far."""
 
-    def __init__(self, restarts: int):
-        self.objective = torch.full((restarts,), float("inf"))
-        self.distance = torch.full((restarts,), float("inf"))
+    def __init__(self, restarts: int, device: torch.device):
+        self.objective = torch.full((restarts,), float("inf"), device=device)
+        self.distance = torch.full((restarts,), float("inf"), device=device)
         self.images: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
 
@@ -145,6 +145,7 @@ def free_pixels(context: AttackContext, init: str | torch.Tensor | None = None) 
         generator=context.generator,
         mean=context.model.mean,
         std=context.model.std,
+        device=context.device,
     )
 
 
@@ -180,8 +181,8 @@ class GradientMatchingAttack(Attack):
         yield Stage(free_pixels(context), context.settings.iterations)
 
     def reconstruct(self, context: AttackContext) -> Reconstruction:
-        observation, model, batch_size = context.observation, context.model, context.batch_size
-        settings, generator = context.settings, context.generator
+        observation, batch_size = context.observation, context.batch_size
+        settings, generator, device = context.settings, context.generator, context.device
         if settings.optimizer not in OPTIMIZERS:
             raise GradleakError(
                 f"unknown optimizer {settings.optimizer!r}; choose one of {OPTIMIZERS}"
@@ -192,25 +193,28 @@ class GradientMatchingAttack(Attack):
             )
         restarts, total = settings.restarts, settings.iterations
         strategy = resolve_strategy(settings.labels, observation)
+        labels = None  # fixed labels are read on the CPU, before the model moves
+        if strategy != "joint":
+            labels = fixed_labels(strategy, observation, context.model, batch_size)
+        model = context.model = context.model.to(device)
         simulator = ClientSimulator(model, batch_statistics=settings.bn > 0)
         prior = _ImagePrior(settings, model, simulator.running_statistics)
         distance = GradientDistance(
             settings.distance,
-            [observation.gradients[n] for n in simulator.names],
+            [observation.gradients[n].to(device) for n in simulator.names],
             settings.layer_weights,
             precise=settings.optimizer == "lbfgs",
         )
         if strategy == "joint":
             num_classes = model.config["num_classes"]
             label_logits = torch.randn(restarts, batch_size, num_classes, generator=generator)
-            label_logits.requires_grad_(True)
+            label_logits = label_logits.to(device).requires_grad_(True)
             extra_variables = [label_logits]
         else:
             label_logits, extra_variables = None, []
-            labels = fixed_labels(strategy, observation, model, batch_size)
-            labels = labels.expand(restarts, batch_size)
+            labels = labels.to(device).expand(restarts, batch_size)
 
-        best = _BestIterates(restarts)
+        best = _BestIterates(restarts, device)
         frames: list[torch.Tensor] = []
         frame_steps: list[int] = []
         history: list[float] = []

@@ -37,6 +37,7 @@ class Pixels:
         generator: torch.Generator | None = None,
         mean: Sequence[float] | torch.Tensor | None = None,
         std: Sequence[float] | torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
     ):
         channels = shape[-3]
         self.mean = _per_channel(mean, 0.0, channels)
@@ -48,7 +49,7 @@ class Pixels:
                     f"initial images have shape {list(given.shape)}, expected {list(shape[1:])} "
                     f"or {list(shape)}"
                 )
-            data = ((given.expand(shape) - self.mean) / self.std).clone()
+            data = ((given.cpu().expand(shape) - self.mean) / self.std).clone()
         elif init == "randn":
             data = torch.randn(shape, generator=generator)
         elif init == "rand":
@@ -58,7 +59,9 @@ class Pixels:
         else:
             raise GradleakError(f"unknown image init {init!r}; choose one of {INITS}")
         self.boxed = boxed
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
         self.low, self.high = -self.mean / self.std, (1 - self.mean) / self.std
+        data = data.to(device)
         self.data = torch.maximum(torch.minimum(data, self.high), self.low) if boxed else data
         self.data.requires_grad_(True)
 
@@ -78,7 +81,7 @@ class Pixels:
 def _per_channel(values, default: float, channels: int) -> torch.Tensor:
     if values is None:
         return torch.full((channels, 1, 1), default)
-    values = torch.as_tensor(values, dtype=torch.float32).flatten()
+    values = torch.as_tensor(values, dtype=torch.float32).cpu().flatten()
     if values.numel() != channels:
         raise GradleakError(f"need {channels} normalization values, got {values.numel()}")
     return values.view(channels, 1, 1)

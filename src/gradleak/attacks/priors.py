@@ -58,8 +58,8 @@ def registration_shifts(images: torch.Tensor, reference: torch.Tensor, max_shift
     a = torch.fft.rfft2(images.mean(2) - images.mean((2, 3, 4), keepdim=True)[:, :, 0])
     b = torch.fft.rfft2(reference.mean(1) - reference.mean((1, 2, 3), keepdim=True)[:, 0])
     correlation = torch.fft.irfft2(b.conj() * a, s=(height, width))  # (R, B, H, W)
-    dy = torch.arange(height).view(-1, 1)
-    dx = torch.arange(width).view(1, -1)
+    dy = torch.arange(height, device=images.device).view(-1, 1)
+    dx = torch.arange(width, device=images.device).view(1, -1)
     dy, dx = (dy + height // 2) % height - height // 2, (dx + width // 2) % width - width // 2
     outside = (dy.abs() > max_shift) | (dx.abs() > max_shift)
     correlation = correlation.masked_fill(outside, -torch.inf)
@@ -71,8 +71,9 @@ def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> to
     """Circularly shift each image of ``images`` (R, B, C, H, W) back by its own (dy, dx) (R, B),
     so that ``shift_images(x, *registration_shifts(x, ref))`` lies on ``ref``."""
     height, width = images.shape[-2:]
-    rows = (torch.arange(height).view(1, 1, -1) + dy.unsqueeze(-1)) % height  # (R, B, H)
-    cols = (torch.arange(width).view(1, 1, -1) + dx.unsqueeze(-1)) % width  # (R, B, W)
+    index = {"device": images.device}
+    rows = (torch.arange(height, **index).view(1, 1, -1) + dy.unsqueeze(-1)) % height  # (R, B, H)
+    cols = (torch.arange(width, **index).view(1, 1, -1) + dx.unsqueeze(-1)) % width  # (R, B, W)
     channels = images.shape[2]
     rows = rows[:, :, None, :, None].expand(-1, -1, channels, -1, width)
     shifted = images.gather(3, rows)

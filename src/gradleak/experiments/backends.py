@@ -21,7 +21,9 @@ BACKENDS = ("local", "ray")
 Outcome = tuple[Case, dict, dict]
 
 
-def execute(case: Case, root: str, thread_count: int | None = None, callback=None):
+def execute(
+    case: Case, root: str, thread_count: int | None = None, callback=None, device: str = "cpu"
+):
     """Run one case (in whichever process or Ray worker this is): its record and files.
     ``thread_count=None`` chooses by the policy of :mod:`gradleak.threads`."""
     from gradleak.experiments.methods import run_case
@@ -29,7 +31,7 @@ def execute(case: Case, root: str, thread_count: int | None = None, callback=Non
     if thread_count is None:
         thread_count = threads.choose(None, macs=_macs(case))
     threads.apply(thread_count)
-    record, files = run_case(case, Path(root), callback)
+    record, files = run_case(case, Path(root), callback, device)
     record["threads"] = thread_count
     return record, files
 
@@ -70,7 +72,7 @@ def run_cases(
         for case in cases:
             callback = started(case) if started else None
             chosen = threads.requested(options.threads)
-            yield (case, *execute(case, str(root), chosen, callback))
+            yield (case, *execute(case, str(root), chosen, callback, options.device))
     else:
         yield from _pool(cases, root, options)
 
@@ -82,7 +84,10 @@ def _pool(cases: list[Case], root: Path, options: RunOptions) -> Iterator[Outcom
         max_workers=options.workers, mp_context=context, initializer=_worker_init
     )
     try:
-        futures = {executor.submit(execute, c, str(root), per_worker): c for c in cases}
+        futures = {
+            executor.submit(execute, c, str(root), per_worker, None, options.device): c
+            for c in cases
+        }
         for future in concurrent.futures.as_completed(futures):
             record, files = future.result()
             yield futures[future], record, files
@@ -128,7 +133,9 @@ def _ray(cases: list[Case], root: Path, options: RunOptions) -> Iterator[Outcome
             raise GradleakError(f"cannot start or join Ray ({where}): {err}") from None
     per_worker = threads.requested(options.threads) or 1
     remote = ray.remote(num_cpus=per_worker)(execute)
-    pending = {remote.remote(case, str(root), per_worker): case for case in cases}
+    pending = {
+        remote.remote(case, str(root), per_worker, None, options.device): case for case in cases
+    }
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

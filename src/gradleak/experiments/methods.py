@@ -27,7 +27,7 @@ from gradleak.threat import Observation
 Files = dict[str, bytes]
 
 
-def run_case(case: Case, root: Path, callback=None) -> tuple[dict, Files]:
+def run_case(case: Case, root: Path, callback=None, device: str = "cpu") -> tuple[dict, Files]:
     """Run ``case`` (artifacts under ``root``); returns its record and files. A case whose
     attack does not apply is ``skipped`` with the attack's reasons; one that raises is
     ``failed`` with a one-line error (and, for an unexpected exception, its traceback)."""
@@ -36,7 +36,7 @@ def run_case(case: Case, root: Path, callback=None) -> tuple[dict, Files]:
     try:
         observation, facts = build.observation(case.observation, case.seed)
         runner = RUNNERS[type(case.method)]
-        record, files = runner(case, observation, root, callback)
+        record, files = runner(case, observation, root, callback, device)
     except GradleakError as err:
         record, files = {"status": "failed", "error": str(err)}, {}
     except Exception as err:  # a bug must not stop the other cases; its traceback is kept
@@ -50,7 +50,9 @@ def run_case(case: Case, root: Path, callback=None) -> tuple[dict, Files]:
 
 
 # ---------------------------------------------------------------------- attacks
-def run_attack(case: Case, observation: Observation, root: Path, callback) -> tuple[dict, Files]:
+def run_attack(
+    case: Case, observation: Observation, root: Path, callback, device: str = "cpu"
+) -> tuple[dict, Files]:
     spec: AttackSpec = case.method
     attack = get_attack(spec.attack, **build.resolve(spec.settings, root))
     model = observation.attacker_view().build_model()
@@ -65,6 +67,7 @@ def run_attack(case: Case, observation: Observation, root: Path, callback) -> tu
         batch_size=spec.batch_size,
         callback=callback,
         model=model,
+        device=device,
     )
     record, files = describe(reconstruction, observation)
     record["cosine_distance"] = matching_distance(
@@ -133,7 +136,9 @@ def psnr_trajectory(
 
 
 # ---------------------------------------------------------------------- analyses
-def run_labels(case: Case, observation: Observation, root: Path, callback) -> tuple[dict, Files]:
+def run_labels(
+    case: Case, observation: Observation, root: Path, callback, device: str = "cpu"
+) -> tuple[dict, Files]:
     from gradleak.gradient import labels as recovery
 
     spec: LabelsSpec = case.method
@@ -165,7 +170,7 @@ def run_labels(case: Case, observation: Observation, root: Path, callback) -> tu
 
 
 def run_batch_size(
-    case: Case, observation: Observation, root: Path, callback
+    case: Case, observation: Observation, root: Path, callback, device: str = "cpu"
 ) -> tuple[dict, Files]:
     from gradleak.gradient import estimate_batch_size
 

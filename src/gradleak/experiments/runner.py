@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from gradleak.attacks import load_reconstruction
+from gradleak.attacks.base import resolve_device
 from gradleak.errors import GradleakError
 from gradleak.experiments import build
 from gradleak.experiments.backends import run_cases
@@ -61,6 +62,7 @@ def run_experiment(
     """
     options = options or RunOptions()
     progress = progress or Progress()
+    resolve_device(options.device)  # a device torch cannot use fails here, not in every case
     settings = options.apply(experiment.settings, experiment.name)
     out = Path(out)
     folder = RunFolder(out, experiment.name, dataclasses.asdict(settings))

@@ -217,8 +217,8 @@ class ArtifactSpec:
 class RunOptions:
     """The user's overrides of one run, resolved once at the top (``gradleak run`` / ``sweep``
     options): the images, how many, the budget, the seed and batch size replace the
-    experiment's settings of those names; threads, workers, backend and address say how cases
-    run, not what they compute."""
+    experiment's settings of those names; threads, device, workers, backend and address say how
+    cases run, not what they compute."""
 
     images: str | None = None
     n_images: int | None = None
@@ -227,6 +227,7 @@ class RunOptions:
     seed: int | None = None
     batch_size: int | None = None
     threads: int | None = None
+    device: str = "cpu"
     workers: int = 1
     backend: str = "local"
     address: str | None = None
