@@ -218,20 +218,35 @@ def write_grid(path: Path, n_images: int = 4) -> Path:
     return path
 
 
+def wait_for_cases(out: Path, count: int, process) -> None:
+    deadline = time.monotonic() + 240
+    while len(list(out.glob("cases/*/case.json"))) < count and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_sweep_survives_kill_9_and_resumes_with_no_case_lost_or_run_twice(tmp_path):
+def test_sweep_survives_ctrl_c_and_kill_9_with_no_case_lost_or_run_twice(tmp_path):
     grid = write_grid(tmp_path / "grid.toml", n_images=6)
     out = tmp_path / "out"
-    process = run_cli("sweep", grid, "--out", out, "--workers", "2", cwd=tmp_path)
-    deadline = time.monotonic() + 240
-    while len(list(out.glob("cases/*/case.json"))) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    args = ("sweep", grid, "--out", out, "--workers", "2")
+    process = run_cli(*args, cwd=tmp_path)
+    wait_for_cases(out, 1, process)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: says what was kept, exits 130
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert f"every finished case is kept in {out}" in " ".join(stderr.split())
+    interrupted = len(list(out.glob("cases/*/case.json")))
+    assert interrupted >= 1 and (out / "results.json").exists()
+
+    process = run_cli(*args, cwd=tmp_path)
+    wait_for_cases(out, interrupted + 3, process)
     os.killpg(process.pid, signal.SIGKILL)  # the sweep and its workers, without warning
     process.communicate()
     time.sleep(1.0)  # no orphan may finish a case after the kill
     kept = {p: p.stat().st_mtime_ns for p in out.glob("cases/*/case.json")}
-    assert 3 <= len(kept) < 24
-    resumed = run_cli("sweep", grid, "--out", out, "--workers", "2", cwd=tmp_path)
+    assert interrupted + 3 <= len(kept) < 24
+    resumed = run_cli(*args, cwd=tmp_path)
     stdout, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr
     assert f"{len(kept)} of 24 cases already in" in stdout

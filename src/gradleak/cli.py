@@ -49,7 +49,7 @@ class _Shown:
 
     def case_started(self, case, position: int, total: int):
         if self.bar is None:
-            return None
+            return _plain_steps(f"[{position}/{total}] {case.id}")
         if self.task is not None:
             self.bar.remove_task(self.task)
         self.task = self.bar.add_task(f"[{position}/{total}] {case.id}", total=None)
@@ -111,6 +111,18 @@ def _case_line(case_id: str, record: dict, position: int, total: int) -> str:
         facts.append(f"batch size {record['estimate']}")
     facts.append(f"{record.get('wall_seconds', 0.0):.1f} s")
     return f"[{position}/{total}] {case_id}: {', '.join(facts)}"
+
+
+def _plain_steps(name: str):
+    """A progress callback printing a line at every tenth of the steps (for logs)."""
+    step = {"next": 0.1}
+
+    def callback(done: int, total: int, value: float) -> None:
+        if total > 1 and done < total and done / total >= step["next"]:
+            step["next"] = (int(done / total * 10) + 1) / 10
+            console.print(f"{name}: step {done}/{total}, distance {value:.4g}", highlight=False)
+
+    return callback
 
 
 def _plain_training(name: str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -99,11 +100,11 @@ def _pool(cases: list[Case], root: Path, options: RunOptions) -> Iterator[Outcom
 
 def _worker_init() -> None:
     """A pool worker dies with its parent (Linux), so a killed sweep leaves no orphan that
-    could finish a case the resumed sweep runs again."""
+    could finish a case the resumed sweep runs again; Ctrl-C is the parent's to handle."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
