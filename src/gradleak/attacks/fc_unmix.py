@@ -166,7 +166,7 @@ class FCUnmix(Attack):
 
     Labels: the observation's if known, else recovered analytically with their counts
     (:func:`gradleak.attacks.labels.batch_labels`). The batch size, when hidden and not passed,
-    is estimated from the gradients' rank (:func:`gradleak.analysis.estimate_batch_size`).
+    is estimated from the gradients' rank (:func:`gradleak.gradient.estimate_batch_size`).
 
     Shape:
         observation of B images (C, H, W) -> images (B, C, H, W), labels (B,).

@@ -1,7 +1,7 @@
 """Improved DLG (Zhao, Mopuri and Bilen, 2020), https://arxiv.org/abs/2001.02610.
 
 iDLG reads the label of a single sample analytically from the output layer's gradient (see
-:func:`gradleak.attacks.labels.idlg_label`) and then runs DLG's optimization for the image only.
+:func:`gradleak.gradient.idlg_label`) and then runs DLG's optimization for the image only.
 """
 
 from __future__ import annotations
