@@ -41,22 +41,27 @@ def BATCH_SIZE_ONE(context: AttackContext) -> str | None:
     return None
 
 
-@requirement("a first layer that is fully connected, with a bias, on the whole image")
-def IMAGE_LAYER(context: AttackContext) -> str | None:
-    try:
-        image_layer(context.model, what=f"'{context.attack}'")
-    except GradleakError as err:
-        return str(err)
-    return None
+def _structure(description: str, find) -> Requirement:
+    """The need for a part of the network that ``find(model, what=...)`` locates or raises
+    GradleakError about (:mod:`gradleak.gradient.structure`)."""
+
+    @requirement(description)
+    def needs(context: AttackContext) -> str | None:
+        try:
+            find(context.model, what=f"'{context.attack}'")
+        except GradleakError as err:
+            return str(err)
+        return None
+
+    return needs
 
 
-@requirement("a feed-forward chain of conv/FC layers with invertible activations")
-def FEEDFORWARD(context: AttackContext) -> str | None:
-    try:
-        feedforward_layers(context.model, what=f"'{context.attack}'")
-    except GradleakError as err:
-        return str(err)
-    return None
+IMAGE_LAYER = _structure(
+    "a first layer that is fully connected, with a bias, on the whole image", image_layer
+)
+FEEDFORWARD = _structure(
+    "a feed-forward chain of conv/FC layers with invertible activations", feedforward_layers
+)
 
 
 def artifact(setting: str, kind: str, command: str) -> Requirement:

@@ -65,13 +65,13 @@ class Grid:
     one_per_class: bool = False
     knows_labels: bool = True
     knows_batch_size: bool = True
-    bn_mode: str = "train"
     iterations: int | None = None
     restarts: int | None = None
+    bn_mode: str = "train"
     batch_size: int | None = None
     max_batches: int | None = None
-    group: str | None = None
     name: str = ""
+    group: str | None = None
     record: tuple[tuple[str, object], ...] = ()
 
     @property
