@@ -199,7 +199,7 @@ def demo(
     threads: int = _threads_option(),
     device: str = _device_option(),
 ) -> None:
-    """Reconstruct bundled real photos from one training step's gradient (about a minute)."""
+    """Reconstruct bundled real photos from one training step's gradient (1-2 minutes)."""
     from gradleak.experiments import get_preset
 
     _execute(get_preset("demo"), out, _options(seed=seed, threads=threads, device=device))
