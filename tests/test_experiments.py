@@ -139,6 +139,13 @@ def test_a_folder_of_another_run_is_refused_and_a_stale_case_rerun(tmp_path):
     assert folder.done(case) is None  # a case file of another spec is not a result of this one
 
 
+def test_a_run_claims_its_folder_before_its_first_case(tmp_path):
+    RunFolder(tmp_path, "study", {"prior_steps": 3000}).claim({"torch": "x"})
+    assert json.loads((tmp_path / "results.json").read_text())["cases"] == []
+    with pytest.raises(GradleakError, match="prior_steps: 3000 -> 10"):
+        RunFolder(tmp_path, "study", {"prior_steps": 10})
+
+
 # ---------------------------------------------------------------------- sweeps
 def test_example_sweeps_load(shared_dir):
     for path in sorted(EXAMPLES.glob("*.toml")):

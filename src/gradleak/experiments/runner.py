@@ -66,6 +66,8 @@ def run_experiment(
     settings = options.apply(experiment.settings, experiment.name)
     out = Path(out)
     folder = RunFolder(out, experiment.name, dataclasses.asdict(settings))
+    versions = environment()
+    folder.claim(versions)
     for spec in experiment.artifacts(settings):
         build.artifact(spec, out, progress.training(spec.name, spec.steps))
     cases = list(experiment.cases(settings))
@@ -74,7 +76,6 @@ def run_experiment(
     if len(pending) < len(cases):
         progress.note(f"{len(cases) - len(pending)} of {len(cases)} cases already in {out}")
     axes = list(dict.fromkeys(key for case in cases for key in case.record))
-    versions = environment()
 
     def results() -> dict:
         return folder.results(cases, versions, experiment.summary)

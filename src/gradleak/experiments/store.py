@@ -72,6 +72,13 @@ class RunFolder:
                 )
         self.out.mkdir(parents=True, exist_ok=True)
 
+    def claim(self, versions: dict) -> None:
+        """Write a ``results.json`` without cases unless one is there: from now on a run with
+        other settings is refused here, also while this one is still training artifacts."""
+        if not (self.out / RESULTS).exists():
+            empty = {"preset": self.name, "settings": self.settings, "versions": versions}
+            write_json(self.out / RESULTS, {**empty, "cases": [], "summary": summarize([])})
+
     # ------------------------------------------------------------------ cases
     def done(self, case: Case) -> dict | None:
         """The record of ``case`` if a previous run finished it (same case key)."""
