@@ -27,12 +27,18 @@ def execute(
 ):
     """Run one case (in whichever process or Ray worker this is): its record and files.
     ``thread_count=None`` chooses by the policy of :mod:`gradleak.threads`."""
+    import torch
+
     from gradleak.experiments.methods import run_case
 
     if thread_count is None:
         thread_count = threads.choose(None, macs=_macs(case))
+    previous = torch.get_num_threads()
     threads.apply(thread_count)
-    record, files = run_case(case, Path(root), callback, device)
+    try:
+        record, files = run_case(case, Path(root), callback, device)
+    finally:
+        threads.apply(previous)  # a library caller's setting outlives the case
     record["threads"] = thread_count
     return record, files
 
@@ -41,12 +47,14 @@ _MACS: dict = {}
 
 
 def _macs(case: Case) -> float | None:
+    """Multiply-accumulates of the case's model, computed once per model and image shape."""
     from gradleak.experiments import build
 
-    key = case.observation
+    spec = case.observation
+    key = (getattr(spec, "model", spec), getattr(spec, "images", None))
     if key not in _MACS:
         try:
-            _MACS[key] = threads.model_macs(build.observed_model(key))
+            _MACS[key] = threads.model_macs(build.observed_model(spec))
         except GradleakError:
             _MACS[key] = None  # the case itself will report the problem
     return _MACS[key]
