@@ -124,9 +124,12 @@ def _fedavg_trajectory(base: ModelSpec, data: ImagesSpec, fedavg) -> _Trajectory
     return _Trajectory(_model(base, data), images(fedavg.images), fedavg)
 
 
+@functools.lru_cache(maxsize=4)
 def observation(spec: ObservationSpec | ObservationFile, seed: int) -> tuple[Observation, dict]:
     """The client step of ``spec`` (or the observation file) and facts about it for the
-    results (``weight_drift`` of a model moved by FedAvg)."""
+    results (``weight_drift`` of a model moved by FedAvg). Kept for the next cases: every
+    method of a grid attacks the same observation, which is computed once (callers do not
+    change it; attacks work on :meth:`Observation.attacker_view` copies)."""
     if isinstance(spec, ObservationFile):
         return _observation_file(spec), {}
     pool = images(spec.images)

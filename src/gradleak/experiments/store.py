@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from gradleak.errors import GradleakError
-from gradleak.experiments.spec import Case, digest
+from gradleak.experiments.spec import Case
 from gradleak.records import json_safe, write_json
 
 RESULTS = "results.json"
@@ -245,4 +245,4 @@ def _difference(old: dict, name: str, settings: dict) -> str:
     return f"other settings: {shown}" if shown else "other settings"
 
 
-__all__ = ["RunFolder", "case_folder", "csv_table", "digest", "markdown_table", "summarize"]
+__all__ = ["RunFolder", "case_folder", "csv_table", "markdown_table", "summarize"]
