@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gradleak.data.bundled import bundled_photos
 from gradleak.data.cifar10 import load_cifar10_default
+from gradleak.data.cifar100 import load_cifar100_default
 from gradleak.data.folder import load_image_files, load_image_folder
 from gradleak.data.imageset import ImageSet
 from gradleak.data.mnist import load_mnist
@@ -41,6 +42,9 @@ DATASETS: dict[str, Callable[[], ImageSet]] = {
     "cifar10": lambda: load_cifar10_default("test"),
     "cifar10:test": lambda: load_cifar10_default("test"),
     "cifar10:train": lambda: load_cifar10_default("train"),
+    "cifar100": lambda: load_cifar100_default("test"),
+    "cifar100:test": lambda: load_cifar100_default("test"),
+    "cifar100:train": lambda: load_cifar100_default("train"),
     "mnist": lambda: load_mnist(split="test"),
     "mnist:test": lambda: load_mnist(split="test"),
     "mnist:train": lambda: load_mnist(split="train"),
@@ -89,6 +93,9 @@ def load_images(
               ``$GRADLEAK_CIFAR10`` or ``~/.cache/gradleak/cifar10`` once downloaded
               (``load_cifar10(download=True)``); without it, the test split falls back to the 20
               first test images stored losslessly in the shared data folder;
+            - ``"cifar100"``, ``"cifar100:test"``, ``"cifar100:train"``: CIFAR-100 (fine labels,
+              100 classes) the same way, from ``$GRADLEAK_CIFAR100`` or
+              ``~/.cache/gradleak/cifar100`` (``load_cifar100(download=True)``);
             - ``"mnist"``, ``"mnist:test"``, ``"mnist:train"``: MNIST IDX files
               (:func:`~gradleak.data.load_mnist`);
             - ``"flowers17"``: the shared Flowers-17 archive (1,360 photos at 64x64);
