@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from gradleak.devices import module_device, resolve_device
 from gradleak.errors import GradleakError
 from gradleak.models import ImageClassifier
 from gradleak.records import json_safe
@@ -136,14 +137,18 @@ class Attack:
 
     Subclasses set ``name``, a frozen settings dataclass instance ``defaults`` (settings with
     the fields ``iterations`` and ``restarts`` make the attack iterative: only those take a
-    budget), ``requirements`` and ``expected`` (what it recovers when it applies), and implement
-    :meth:`reconstruct`. Keyword arguments of the constructor override the defaults by name.
+    budget), ``requirements``, ``expected`` (what it recovers when it applies) and
+    ``reads_updates``, and implement :meth:`reconstruct`. Keyword arguments of the constructor
+    override the defaults by name.
     """
 
     name: ClassVar[str] = ""
     defaults: ClassVar = None
     requirements: ClassVar[tuple[Requirement, ...]] = ()
     expected: ClassVar[str] = ""
+    #: Whether the attack replays FedAvg updates (local training); attacks that do not read one
+    #: averaged gradient: an update applies to them only when it is a known multiple of one.
+    reads_updates: ClassVar[bool] = False
 
     def __init__(self, **overrides):
         known = {f.name for f in dataclasses.fields(self.defaults)}
@@ -218,8 +223,9 @@ class Attack:
             batch_size: the attacker's guess when the threat model hides the batch size.
             callback: progress callback, called once per iteration.
             model: the server's model rebuilt from ``observation`` (built here when omitted).
-            device: where to optimize (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...); results come
-                back on the CPU.
+            device: where to optimize (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``,
+                ``"mps"``; None: the CPU); results come back on the CPU. Closed-form attacks
+                compute on the CPU whatever it says.
 
         Raises:
             GradleakError: the attack does not apply (the reasons of :meth:`check`).
@@ -241,13 +247,14 @@ class Attack:
         context.generator = torch.Generator().manual_seed(seed)
         context.callback = callback
         context.device = resolve_device(device)
+        home = module_device(context.model)  # the caller's model goes back there
         start = time.perf_counter()
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 result = self.reconstruct(context)
         finally:
-            context.model.to("cpu")  # the caller's model stays where it was
+            context.model.to(home)
         result.seconds = time.perf_counter() - start
         result.images, result.labels = result.images.cpu(), result.labels.cpu()
         result.frames = [frame.cpu() for frame in result.frames]
@@ -281,34 +288,29 @@ class Attack:
                 "the threat model hides the batch size; pass batch_size= (or --batch-size)"
             )
         model = view.build_model() if model is None else model
+        read_as_gradient = (
+            view.kind == "update" and not self.reads_updates and view.is_scaled_gradient()
+        )
+        if read_as_gradient:
+            view = view.as_gradient()
         context = AttackContext(self.name, view, model, int(size), settings)
+        if read_as_gradient:
+            context.notes["observed"] = "one plain-SGD step: read as lr x the averaged gradient"
         self.configure(context)
         return context
 
     def _problems(self, context: AttackContext) -> list[str]:
         problems = []
+        if context.observation.kind != "gradient" and not self.reads_updates:
+            problems.append(
+                f"'{self.name}' reads one averaged gradient; the observation is "
+                f"{context.observation.describe()}"
+            )
         for needed in self.requirements:
             problem = needed.problem(context)
             if problem:
                 problems.append(problem)
         return problems
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a torch device (None: the CPU); GradleakError if torch cannot use it."""
-    if device is None:
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise GradleakError(f"unknown device {device!r}; e.g. cpu, cuda, cuda:1") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise GradleakError(f"device {device!r}: torch sees no CUDA device on this machine")
-    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
-        raise GradleakError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices")
-    if resolved.type not in ("cpu", "cuda"):
-        raise GradleakError(f"device {device!r}: gradleak runs on cpu or cuda devices")
-    return resolved
 
 
 RECONSTRUCTION_FORMAT = "gradleak.reconstruction/1"

@@ -65,6 +65,9 @@ class MatchingSettings:
         layer_weights: one weight per parameter tensor for the distance, or None.
         lbfgs_inner: L-BFGS iterations per step.
         patience: stop when the objective has not improved for this many steps (None: never).
+        local_lr: for a FedAvg update whose learning rate the threat model hides, the assumed
+            one (the initial value when it is learned).
+        learn_lr: optimize that hidden learning rate (its log, per restart) with the images.
     """
 
     distance: str = "l2"
@@ -86,6 +89,8 @@ class MatchingSettings:
     layer_weights: tuple[float, ...] | None = None
     lbfgs_inner: int = 20
     patience: int | None = None
+    local_lr: float = 0.01
+    learn_lr: bool = True
 
 
 class _BestIterates:
@@ -159,6 +164,7 @@ class GradientMatchingAttack(Attack):
     name = "gradient_matching"
     defaults = MatchingSettings()
     requirements = (LABELS,)
+    reads_updates = True
 
     def configure(self, context: AttackContext) -> None:
         """Switch off GradInversion's BN prior on models without BatchNorm running statistics
@@ -171,6 +177,21 @@ class GradientMatchingAttack(Attack):
                 context.disable("bn", f"the BatchNorm prior needs them; the model has {what}")
         if s.group and s.restarts < 2:
             context.disable("group", "group consistency needs at least 2 restarts")
+
+    def simulator(self, context: AttackContext) -> ClientSimulator:
+        """The replay of what the client sent, for ``context.model`` on its device."""
+        settings = context.settings
+        return ClientSimulator(
+            context.model,
+            batch_statistics=settings.bn > 0,
+            observation=context.observation,
+            lr_guess=settings.local_lr,
+        )
+
+    def replayed(self, parameterization, images: torch.Tensor, labels: torch.Tensor):
+        """The images and labels the simulator replays for candidates ``images`` (R, B, ...):
+        the candidates themselves, unless an attack keeps more variables than images."""
+        return images, labels
 
     def stages(self, context: AttackContext) -> Iterator[Stage]:
         """The optimization's stages, in order; the default optimizes free pixels.
@@ -197,7 +218,8 @@ class GradientMatchingAttack(Attack):
         if strategy != "joint":
             labels = fixed_labels(strategy, observation, context.model, batch_size)
         model = context.model = context.model.to(device)
-        simulator = ClientSimulator(model, batch_statistics=settings.bn > 0)
+        simulator = self.simulator(context)
+        describe_simulation(context, simulator)
         prior = _ImagePrior(settings, model, simulator.running_statistics)
         distance = GradientDistance(
             settings.distance,
@@ -213,6 +235,11 @@ class GradientMatchingAttack(Attack):
         else:
             label_logits, extra_variables = None, []
             labels = labels.to(device).expand(restarts, batch_size)
+        log_lr = None
+        if simulator.learns_lr and settings.learn_lr:
+            log_lr = torch.full((restarts,), math.log(settings.local_lr), device=device)
+            log_lr.requires_grad_(True)
+            extra_variables = [*extra_variables, log_lr]
 
         best = _BestIterates(restarts, device)
         frames: list[torch.Tensor] = []
@@ -226,7 +253,10 @@ class GradientMatchingAttack(Attack):
             def objective(parameterization=parameterization) -> torch.Tensor:
                 images = parameterization.images()
                 candidate_labels = label_logits if label_logits is not None else labels
-                gradients, statistics = simulator.simulate(images, candidate_labels)
+                lr = None if log_lr is None else log_lr.exp()
+                gradients, statistics = simulator.simulate(
+                    *self.replayed(parameterization, images, candidate_labels), lr
+                )
                 dist = distance(gradients)
                 total_objective = dist + prior(images, statistics)
                 if hasattr(parameterization, "penalty"):  # e.g. GIAS's weight regularizer (R,)
@@ -269,6 +299,8 @@ class GradientMatchingAttack(Attack):
             frame_steps.append(done - 1)
 
         keep = best.best_restart()
+        if log_lr is not None:
+            context.notes["estimated_lr"] = float(log_lr[keep].exp())
         if label_logits is not None:
             final_labels = best.labels[keep].argmax(-1)
         else:
@@ -284,6 +316,19 @@ class GradientMatchingAttack(Attack):
             frame_steps=frame_steps,
             iterations=done,
         )
+
+
+def describe_simulation(context: AttackContext, simulator: ClientSimulator) -> None:
+    """Record in the run's notes what the simulator replays: the observation, how it treats
+    several clients, and what it assumed for hidden local-training facts."""
+    observation = context.observation
+    if observation.kind == "gradient" and observation.clients == 1:
+        return
+    context.notes["observed"] = observation.describe()
+    if observation.clients > 1:
+        context.notes["clients"] = simulator.treatment
+    if simulator.assumed:
+        context.notes["assumed"] = dict(simulator.assumed)
 
 
 class _ImagePrior:

@@ -90,7 +90,7 @@ def matching_distance(
     (each reports its own objective), computed from what the attacker sees only."""
     from gradleak.gradient.simulation import ClientSimulator
 
-    simulator = ClientSimulator(model)
+    simulator = ClientSimulator(model, observation=observation)
     distance = GradientDistance(
         kind, [observation.gradients[n] for n in simulator.names], precise=True
     )

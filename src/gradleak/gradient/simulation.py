@@ -8,11 +8,21 @@ takes plain double-backward autograd, which costs less per call on deep models. 
 differentiate with ``backward(inputs=...)`` so that no gradient flows into the model's weights.
 On request the same forward pass also reports the batch statistics entering every BatchNorm
 layer (GradInversion's BN prior), at no extra forward cost.
+
+Given the observation, the simulator replays what was observed: for a FedAvg update, each
+restart's local training is unrolled functionally (:func:`gradleak.threat.local_training.
+unrolled_update`) and the pseudo-gradient is returned in place of the gradient; for a secure
+aggregate of M clients, the candidates' B images are split into the M clients' shares and the
+clients' results averaged (one batch of B when that is the same thing: gradients without
+train-mode BatchNorm). Local-training facts the threat model hides are replaced by the
+attacker's assumptions (:func:`assumed_local_training`), and a hidden learning rate may be
+passed per restart as a variable.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import torch
@@ -22,6 +32,7 @@ from torch.func import functional_call, grad, replace_all_batch_norm_modules_, v
 from gradleak.errors import GradleakError
 from gradleak.gradient.structure import batchnorm_layers
 from gradleak.models import ImageClassifier
+from gradleak.threat.local_training import LocalTraining, unrolled_update
 
 BatchStatistics = list[tuple[torch.Tensor, torch.Tensor]]
 """Per BatchNorm layer, the (mean, variance) of its input channels, each shaped (R, C)."""
@@ -34,22 +45,72 @@ def soft_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return -(labels.softmax(-1) * logits.log_softmax(-1)).sum(-1).mean()
 
 
+def assumed_local_training(
+    observation, *, lr_guess: float = 0.01
+) -> tuple[LocalTraining | None, list[list[int]] | None, dict]:
+    """The local training the attacker replays for an update observation (attacker view), and
+    the assumptions it had to make for hidden facts.
+
+    Hidden facts are filled in as: optimizer plain SGD; order unshuffled (epoch after epoch in
+    index order); steps one epoch (ceil(n / b)); local batch size ceil(n / K) (all n images when
+    the steps are hidden too); lr ``lr_guess`` (attacks may learn it). Returns
+    ``(None, None, {})`` for gradients.
+    """
+    if observation.kind != "update":
+        return None, None, {}
+    local = dict(observation.local or {})
+    n = observation.images_per_client
+    assumed: dict = {}
+    if local.get("optimizer") is None:
+        local.update(optimizer="sgd", momentum=0.9, betas=[0.9, 0.999], eps=1e-8, weight_decay=0)
+        assumed["optimizer"] = "sgd"
+    if local.get("batch_size") is None:
+        steps = local.get("steps")
+        local["batch_size"] = math.ceil(n / steps) if steps else n
+        assumed["local_batch_size"] = local["batch_size"]
+    if local.get("steps") is None and local.get("epochs") is None:
+        local["epochs"] = 1
+        assumed["steps"] = "one epoch"
+    if local.get("lr") is None:
+        local["lr"] = lr_guess
+        assumed["lr"] = lr_guess
+    order = local.get("order")
+    if order is None:
+        local.update(shuffle=False, order_seed=0)
+        assumed["order"] = "unshuffled"
+    training = LocalTraining.from_dict(local)
+    if order is None:
+        order = training.order(n)
+    return training, order, assumed
+
+
 def _stack(parts) -> torch.Tensor:
     """Stack per-restart tensors; a single one becomes a view, not a copy."""
     return parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)
 
 
 class ClientSimulator:
-    """Per-restart client gradients for candidate batches under the observed weights.
+    """Per-restart client gradients (or FedAvg pseudo-gradients) for candidate batches.
 
     Args:
         model: the server's copy of the model with the observed weights, in the observed mode.
         vectorize: ``vmap`` over restarts (falls back to a loop where the model does not allow it).
         batch_statistics: also return the input statistics of every BatchNorm layer.
+        observation: the attacker's view of what was observed; None: one client's gradient.
+        lr_guess: the learning rate assumed when an update's learning rate is hidden.
+        order: replaces the local steps' image indices (into each client's share of the
+            candidates), e.g. separate variables per epoch (Dimitrov et al. 2022).
     """
 
     def __init__(
-        self, model: ImageClassifier, *, vectorize: bool = True, batch_statistics: bool = False
+        self,
+        model: ImageClassifier,
+        *,
+        vectorize: bool = True,
+        batch_statistics: bool = False,
+        observation=None,
+        lr_guess: float = 0.01,
+        order: list[list[int]] | None = None,
     ):
         self.model = copy.deepcopy(model)
         for p in self.model.parameters():
@@ -69,6 +130,7 @@ class ClientSimulator:
             for m in layers
             if m.running_mean is not None
         ]
+        batch_dependent = self.model.training and bool(layers)
         if self.model.training:
             # Train-mode BatchNorm normalizes with batch statistics; under vmap the running-stat
             # update is an illegal in-place write, and the attacker does not need it.
@@ -81,6 +143,28 @@ class ClientSimulator:
         self.params = {f"net.{n}": p.detach() for n, p in self.model.net.named_parameters()}
         self.weights = [p for _, p in self.model.net.named_parameters()]
         self.vectorize = vectorize
+        self.clients = 1 if observation is None else observation.clients
+        self.training, self.order, self.assumed = (
+            assumed_local_training(observation, lr_guess=lr_guess)
+            if observation is not None
+            else (None, None, {})
+        )
+        if order is not None and self.training is not None:
+            self.order = order
+        # Clients' gradients without batch statistics average to the whole batch's gradient.
+        self.merge_clients = self.training is None and not batch_dependent
+        self.treatment = (
+            "one client"
+            if self.clients == 1
+            else "one batch of all clients' images (exact for averaged gradients)"
+            if self.merge_clients
+            else f"{self.clients} clients simulated separately, then averaged"
+        )
+
+    @property
+    def learns_lr(self) -> bool:
+        """Whether the observation hides an update's learning rate (a caller may learn it)."""
+        return "lr" in self.assumed
 
     def _capture(self, _module, inputs, _output) -> None:
         features = inputs[0]
@@ -100,9 +184,27 @@ class ClientSimulator:
             lambda x: functional_call(self.model, params, (x,)), images, labels
         )
 
-    def _single(self, images: torch.Tensor, labels: torch.Tensor):
-        grads, statistics = grad(self._loss, has_aux=True)(self.params, images, labels)
-        return tuple(grads[f"net.{n}"] for n in self.names), statistics
+    def _client(self, images, labels, lr):
+        """One client's gradient or pseudo-gradient (dict by parameter) and traced statistics."""
+        if self.training is None:
+            grads, statistics = grad(self._loss, has_aux=True)(self.params, images, labels)
+            return grads, [statistics]
+        return unrolled_update(
+            self._loss, self.params, images, labels, self.training, self.order, lr
+        )
+
+    def _single(self, images: torch.Tensor, labels: torch.Tensor, lr=None):
+        """One restart: the averaged result of every client, and the mean BN statistics."""
+        groups = 1 if self.merge_clients else self.clients
+        share = len(images) // groups
+        total, traced = None, []
+        for c in range(groups):
+            part = slice(c * share, (c + 1) * share)
+            result, statistics = self._client(images[part], labels[part], lr)
+            traced.extend(statistics)
+            total = result if total is None else {k: total[k] + result[k] for k in total}
+        averaged = tuple(total[f"net.{n}"] / groups for n in self.names)
+        return averaged, _mean_statistics(traced)
 
     def _single_autograd(self, images: torch.Tensor, labels: torch.Tensor):
         differentiable = torch.is_grad_enabled()  # under no_grad: plain gradients, no graph
@@ -114,23 +216,35 @@ class ClientSimulator:
         return grads, statistics
 
     def simulate(
-        self, images: torch.Tensor, labels: torch.Tensor
+        self, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor | None = None
     ) -> tuple[tuple[torch.Tensor, ...], BatchStatistics]:
         """Gradients and BatchNorm input statistics for candidates ``images`` (R, B, C, H, W).
 
-        Returns one gradient tensor per parameter, each (R, *param.shape), in parameter order,
-        and (empty unless ``batch_statistics``) per BN layer the (mean, variance), each (R, C).
+        Returns one tensor per parameter, each (R, *param.shape), in parameter order (for an
+        update observation: the pseudo-gradients), and (empty unless ``batch_statistics``) per
+        BN layer the (mean, variance), each (R, C). ``lr`` (R,): per-restart learning rates
+        replacing a hidden one.
         """
+        plain = self.training is None and (self.clients == 1 or self.merge_clients)
         if self.vectorize and len(images) > 1:
             try:
-                grads, statistics = vmap(self._single)(images, labels)
+                if lr is None:
+                    grads, statistics = vmap(self._single)(images, labels)
+                else:
+                    grads, statistics = vmap(self._single)(images, labels, lr)
                 return grads, list(statistics)
             except RuntimeError as err:
                 warnings.warn(
                     f"vmap over restarts failed ({err}); falling back to a loop", stacklevel=2
                 )
                 self.vectorize = False
-        per_restart = [self._single_autograd(x, y) for x, y in zip(images, labels, strict=True)]
+        if plain:
+            per_restart = [self._single_autograd(x, y) for x, y in zip(images, labels, strict=True)]
+        else:
+            rates = [None] * len(images) if lr is None else list(lr)
+            per_restart = [
+                self._single(x, y, rate) for x, y, rate in zip(images, labels, rates, strict=True)
+            ]
         grads = tuple(_stack(parts) for parts in zip(*(g for g, _ in per_restart), strict=True))
         statistics = [
             (_stack([m for m, _ in layer]), _stack([v for _, v in layer]))
@@ -144,3 +258,16 @@ class ClientSimulator:
         Returns one tensor per parameter, each of shape (R, *param.shape), in parameter order.
         """
         return self.simulate(images, labels)[0]
+
+
+def _mean_statistics(traced: list) -> tuple:
+    """Per BN layer, the mean over forward passes of the traced (mean, variance)."""
+    if not traced or not traced[0]:
+        return ()
+    return tuple(
+        (
+            sum(m for m, _ in layer) / len(layer),
+            sum(v for _, v in layer) / len(layer),
+        )
+        for layer in zip(*traced, strict=True)
+    )

@@ -30,6 +30,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from gradleak.devices import module_device
 from gradleak.errors import GradleakError
 from gradleak.learned.hashing import FeatureHasher, flatten_gradients
 from gradleak.learning import load_artifact
@@ -100,18 +101,22 @@ class GradientEncoder:
 
     def hash(self, flat: torch.Tensor) -> torch.Tensor:
         """The linear part: scaled, hashed gradients (N, P) -> (N, d)."""
-        scale = torch.repeat_interleave(self.layer_scale, torch.tensor(self.sizes))
+        sizes = torch.tensor(self.sizes, device=flat.device)
+        scale = torch.repeat_interleave(self.layer_scale.to(flat.device), sizes)
         return self.hasher(flat * scale)
 
     def hash_observation(self, observation: Observation) -> torch.Tensor:
-        """(1, d): the hashed gradient of an observation."""
-        return self.hash(flatten_gradients(observation.gradients, self.names)[None])
+        """(1, d): the hashed gradient of an observation (of an update: of its estimated mean
+        gradient, :meth:`Observation.gradient_estimate`)."""
+        gradients = observation.gradient_estimate().gradients
+        return self.hash(flatten_gradients(gradients, self.names)[None])
 
     def normalize(self, hashed: torch.Tensor) -> torch.Tensor:
         """The non-linear part: (N, d) hashed -> (N, d + 1) direction and standardized log-norm."""
         norm = hashed.norm(dim=1, keepdim=True).clamp_min(1e-30)
         direction = hashed / norm * math.sqrt(hashed.shape[1])
-        log_norm = (norm.log() - self.log_norm[0]) / self.log_norm[1]
+        mean, std = self.log_norm.to(hashed.device)
+        log_norm = (norm.log() - mean) / std
         return torch.cat([direction, log_norm], dim=1)
 
 
@@ -146,6 +151,14 @@ class Inverter:
     def model_config(self) -> dict:
         return self.card["model_config"]
 
+    def to(self, device: torch.device | str) -> Inverter:
+        """Move the network and the encoder's statistics to ``device`` (in place); returns
+        ``self``. Observations stay where they are: outputs come back on their device."""
+        self.net.to(device)
+        self.encoder.layer_scale = self.encoder.layer_scale.to(device)
+        self.encoder.log_norm = self.encoder.log_norm.to(device)
+        return self
+
     def check(self, observation: Observation) -> float:
         """Raise if ``observation`` is of another architecture; return the relative weight drift
         ``||w_obs - w_train|| / ||w_train||`` (0 when the server's weights are the trained ones)."""
@@ -161,8 +174,6 @@ class Inverter:
                 f"another architecture than the observation's {observed.get('name')!r} "
                 f"(differs in: {', '.join(differs)}); train an inverter for this model"
             )
-        if observation.kind != "gradient":
-            raise GradleakError(f"the inverter reads gradients, not {observation.kind!r} updates")
         trained_mode = self.card.get("bn_mode")
         if self.card.get("has_batchnorm") and observation.bn_mode != trained_mode:
             raise GradleakError(
@@ -175,13 +186,13 @@ class Inverter:
     def _outputs(self, observation: Observation) -> tuple[torch.Tensor, torch.Tensor]:
         self.check(observation)
         features = self.encoder.normalize(self.encoder.hash_observation(observation))
-        images, logits = self.net(features)
-        return images[0], self._mask(logits)[0]
+        images, logits = self.net(features.to(module_device(self.net)))
+        return images[0].to(features.device), self._mask(logits)[0].to(features.device)
 
     def _mask(self, logits: torch.Tensor) -> torch.Tensor:
         """Rule out batch sizes outside the trained range."""
         low, high = self.batch_sizes
-        sizes = torch.arange(1, logits.shape[-1] + 1)
+        sizes = torch.arange(1, logits.shape[-1] + 1, device=logits.device)
         return logits.masked_fill((sizes < low) | (sizes > high), -torch.inf)
 
     def batch_size_probabilities(self, observation: Observation) -> torch.Tensor:
@@ -227,7 +238,7 @@ def assignment_loss(
     n, slots = predicted.shape[:2]
     flat_p, flat_t = predicted.reshape(n, slots, -1), target.reshape(n, slots, -1)
     with torch.no_grad():
-        cost = torch.cdist(flat_p.detach(), flat_t.detach()).pow(2).numpy()
+        cost = torch.cdist(flat_p.detach(), flat_t.detach()).pow(2).cpu().numpy()
     order = torch.full((n, slots), -1, dtype=torch.long)
     rows, slot_index, target_index = [], [], []
     for i, size in enumerate(sizes.tolist()):
@@ -236,10 +247,11 @@ def assignment_loss(
         rows.append(np.full(size, i))
         slot_index.append(slot)
         target_index.append(true)
-    rows_t = torch.from_numpy(np.concatenate(rows))
+    device = predicted.device  # the assignment is solved on the CPU, the loss where it was
+    rows_t = torch.from_numpy(np.concatenate(rows)).to(device)
     error = (
-        flat_p[rows_t, torch.from_numpy(np.concatenate(slot_index))]
-        - flat_t[rows_t, torch.from_numpy(np.concatenate(target_index))]
+        flat_p[rows_t, torch.from_numpy(np.concatenate(slot_index)).to(device)]
+        - flat_t[rows_t, torch.from_numpy(np.concatenate(target_index)).to(device)]
     )
     return error.pow(2).mean(), order
 

@@ -1,5 +1,6 @@
 """Threat model: what the honest-but-curious server observes and knows."""
 
+from gradleak.threat.local_training import LOCAL_FACTS, LocalTraining
 from gradleak.threat.observation import (
     GroundTruth,
     Observation,
@@ -10,7 +11,9 @@ from gradleak.threat.observation import (
 )
 
 __all__ = [
+    "LOCAL_FACTS",
     "GroundTruth",
+    "LocalTraining",
     "Observation",
     "load_observation",
     "observe",

@@ -7,15 +7,21 @@ is assumed to know, each with an explicit flag (batch size, labels, BatchNorm mo
 (the private images) may travel with an observation for scoring, but it is kept apart in
 :class:`GroundTruth` and removed by :meth:`Observation.attacker_view` before any attack runs.
 
-Later threat models plug in here without changing attacks: ``kind`` names what was observed
-(``"gradient"`` today; FedAvg updates and secure-aggregation sums are new kinds) and ``defense``
-records what the client applied to its update before sending it.
+``kind`` names what was observed: ``"gradient"`` (one step's averaged gradient, FedSGD) or
+``"update"`` (FedAvg: the client trained locally for several steps, see
+:mod:`gradleak.threat.local_training`; the observation holds the pseudo-gradient
+``w_server - w_client``). ``clients`` > 1 makes it a secure aggregate: the mean of that many
+clients' gradients or updates, each over an equal share of the images. ``defense`` records what
+the client applied to its update before sending it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +32,20 @@ from torch import nn
 
 from gradleak.errors import GradleakError
 from gradleak.models import ImageClassifier, build_model
+from gradleak.threat.local_training import LOCAL_FACTS, LocalTraining, train_locally
 
 FORMAT = "gradleak.observation/1"
 TRUTH_FORMAT = "gradleak.ground_truth/1"
 BN_MODES = ("train", "eval")
+KINDS = ("gradient", "update")
+# Which entries of Observation.local each hideable fact covers.
+_FACT_KEYS = {
+    "lr": ("lr",),
+    "steps": ("steps", "epochs"),
+    "local_batch_size": ("batch_size",),
+    "optimizer": ("optimizer", "momentum", "betas", "eps", "weight_decay"),
+    "order": ("order", "shuffle", "order_seed"),
+}
 
 
 @dataclass
@@ -55,7 +71,13 @@ class Observation:
         labels: the batch's labels if recorded (``knows_labels`` says whether attacks may use them).
         bn_mode: ``"train"`` (batch statistics, as in local training) or ``"eval"``.
         loss: the client's loss value, when it is shared.
-        kind: what was observed; ``"gradient"`` for one step's averaged gradient.
+        kind: what was observed: ``"gradient"`` (one step's averaged gradient) or ``"update"``
+            (FedAvg: ``gradients`` then holds the pseudo-gradient ``w_server - w_client``).
+        local: for updates, the client's local training (:class:`LocalTraining` fields) and
+            ``order``, the indices of every local step into each client's images.
+        knows_local: per fact of local training (``LOCAL_FACTS``) whether attacks may use it.
+        clients: how many clients' gradients or updates the observation averages (secure
+            aggregation); client c holds images ``c * n, ..., (c + 1) * n - 1``, n = B / clients.
         defense: description of a defense applied to the update, empty when none.
         metadata: free JSON (data source, seed, image ids).
         truth: evaluation-only ground truth, or None.
@@ -71,18 +93,131 @@ class Observation:
     knows_labels: bool = True
     knows_batch_size: bool = True
     kind: str = "gradient"
+    local: dict | None = None
+    knows_local: dict = field(default_factory=dict)
+    clients: int = 1
     defense: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
     truth: GroundTruth | None = None
 
     # ------------------------------------------------------------------ views
     def attacker_view(self) -> Observation:
-        """The observation as the attacker may use it: no ground truth, hidden facts removed."""
+        """The observation as the attacker may use it: no ground truth, hidden facts removed
+        (a hidden fact of local training becomes None)."""
+        local = None
+        if self.local is not None:
+            local = dict(self.local)
+            for fact in self.hidden_local_facts:
+                for key in _FACT_KEYS[fact]:
+                    local[key] = None
         return dataclasses.replace(
             self,
             labels=self.labels if self.knows_labels else None,
+            local=local,
             truth=None,
         )
+
+    @property
+    def hidden_local_facts(self) -> list[str]:
+        """The facts of local training the threat model hides (empty for gradients)."""
+        if self.kind != "update":
+            return []
+        return [fact for fact in LOCAL_FACTS if not self.knows_local.get(fact, True)]
+
+    @property
+    def images_per_client(self) -> int:
+        return self.batch_size // max(1, self.clients)
+
+    def local_training(self) -> LocalTraining | None:
+        """The recorded local training (None for gradients); hidden facts must be filled in by
+        the caller first (attacks see them as None)."""
+        if self.kind != "update" or self.local is None:
+            return None
+        return LocalTraining.from_dict(self.local)
+
+    def is_scaled_gradient(self) -> bool:
+        """Whether the observed tensors are a known multiple of one averaged gradient: a gradient,
+        or a one-step plain-SGD update with known learning rate (``lr * gradient``)."""
+        if self.kind == "gradient":
+            return True
+        local = self.local or {}
+        size = local.get("batch_size")
+        return (
+            local.get("optimizer") == "sgd"
+            and local.get("lr") is not None
+            and not local.get("weight_decay")
+            and size is not None
+            and size >= self.images_per_client
+            and (local.get("steps") == 1 or local.get("epochs") == 1)
+        )
+
+    def as_gradient(self) -> Observation:
+        """This observation as the averaged gradient it is a multiple of (see
+        :meth:`is_scaled_gradient`); GradleakError otherwise."""
+        if self.kind == "gradient":
+            return self
+        if not self.is_scaled_gradient():
+            raise GradleakError(
+                "this update is not one plain-SGD step over the whole batch with a known "
+                "learning rate, so it is no multiple of a gradient"
+            )
+        lr = float(self.local["lr"])
+        return dataclasses.replace(
+            self,
+            gradients={k: v / lr for k, v in self.gradients.items()},
+            kind="gradient",
+            local=None,
+            knows_local={},
+        )
+
+    def gradient_estimate(self, lr_guess: float = 0.01) -> Observation:
+        """A gradient observation approximating the client's mean gradient over its steps.
+
+        For a gradient, itself. For an update, the pseudo-gradient divided by ``lr`` times the
+        sum of the optimizer's weights on the steps' gradients (K for SGD; for momentum mu, step
+        j's gradient enters ``(1 - mu^(K - j)) / (1 - mu)`` times): exact for one SGD step over
+        the whole batch, a first-order approximation otherwise (the weights move between steps),
+        and only a rough one for Adam (its steps are normalized: divided by ``lr K``). A hidden
+        learning rate is replaced by ``lr_guess``. What label recovery reads from an update.
+        """
+        if self.kind == "gradient":
+            return self
+        local = self.local or {}
+        lr = local.get("lr") or lr_guess
+        n = self.images_per_client
+        steps = local.get("steps")
+        if steps is None:
+            size = local.get("batch_size") or n
+            steps = (local.get("epochs") or 1) * math.ceil(n / size)
+        weight = float(steps)
+        if local.get("optimizer") == "momentum":
+            mu = float(local.get("momentum") or 0.0)
+            weight = sum((1 - mu ** (steps - j)) / (1 - mu) for j in range(steps)) if mu else weight
+        return dataclasses.replace(
+            self,
+            gradients={k: v / (lr * weight) for k, v in self.gradients.items()},
+            kind="gradient",
+            local=None,
+            knows_local={},
+        )
+
+    def describe(self) -> str:
+        """One line: what the server saw (for reports and notes)."""
+        if self.kind == "gradient":
+            what = f"the averaged gradient of a batch of {self.images_per_client}"
+        else:
+            local = self.local or {}
+            steps = local.get("steps") or (
+                f"{local['epochs']} epoch(s)" if local.get("epochs") else "hidden"
+            )
+            what = (
+                f"a FedAvg update ({local.get('optimizer') or 'hidden optimizer'}, "
+                f"{steps} steps, local batch {local.get('batch_size') or 'hidden'}, "
+                f"lr {local.get('lr') or 'hidden'}) over {self.images_per_client} images"
+            )
+        if self.clients > 1:
+            return f"the mean of {self.clients} clients' results, each {what}"
+        return what
 
     def build_model(self) -> ImageClassifier:
         """The server's copy of the model, with the observed weights loaded, in ``bn_mode``."""
@@ -99,6 +234,14 @@ class Observation:
         """Check that the gradients fit the model and are finite; raise GradleakError if not."""
         if self.bn_mode not in BN_MODES:
             raise GradleakError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
+        if self.kind not in KINDS:
+            raise GradleakError(f"observation kind must be one of {KINDS}, got {self.kind!r}")
+        if self.clients < 1 or self.batch_size % self.clients:
+            raise GradleakError(
+                f"{self.batch_size} images cannot be split evenly over {self.clients} clients"
+            )
+        if self.kind == "update":
+            self._validate_local()
         model = model if model is not None else self.build_model()
         for name, w in self.weights.items():
             if w.is_floating_point() and not torch.isfinite(w).all():
@@ -123,6 +266,24 @@ class Observation:
                 f"{list(self.labels.shape)} and dtype {self.labels.dtype}"
             )
 
+    def _validate_local(self) -> None:
+        if not isinstance(self.local, dict):
+            raise GradleakError("an update observation must record its local training")
+        unknown = sorted(set(self.knows_local) - set(LOCAL_FACTS))
+        if unknown:
+            raise GradleakError(f"unknown local-training facts {unknown}; known: {LOCAL_FACTS}")
+        LocalTraining.from_dict(self.local)  # raises on bad values
+        order = self.local.get("order")
+        n = self.images_per_client
+        if not isinstance(order, list) or not all(
+            isinstance(step, list) and step and all(isinstance(i, int) and 0 <= i < n for i in step)
+            for step in order
+        ):
+            raise GradleakError(
+                f"the local-training order must list, per step, indices into the {n} images "
+                "of a client"
+            )
+
 
 # ---------------------------------------------------------------------- simulation
 def observe(
@@ -135,12 +296,79 @@ def observe(
     knows_batch_size: bool = True,
     ids: list[str] | None = None,
     metadata: dict | None = None,
+    local: LocalTraining | None = None,
+    knows_local: dict[str, bool] | None = None,
+    clients: int = 1,
 ) -> Observation:
-    """Simulate one FL client step: the averaged cross-entropy gradient of ``model`` on a batch.
+    """Simulate what FL clients send: by default one client's averaged cross-entropy gradient.
 
-    The weights recorded are those *before* the step (what the server sent). BatchNorm running
-    statistics are not changed by the simulation.
+    Args:
+        local: local training (FedAvg): each client trains a copy of ``model`` with a real torch
+            optimizer and sends its weights; the observation holds the pseudo-gradient
+            ``w_server - w_client``. None: one gradient step (FedSGD).
+        knows_local: per fact of local training (``LOCAL_FACTS``) whether the server knows it
+            (default: all known).
+        clients: split the images evenly over this many clients and observe the mean of their
+            gradients or updates (secure aggregation).
+
+    The weights recorded are those *before* the step (what the server sent); ``model`` itself is
+    left unchanged (BatchNorm running statistics included).
     """
+    labels = _check_batch(model, images, labels, bn_mode)
+    if clients < 1 or len(images) % clients:
+        raise GradleakError(
+            f"{len(images)} images cannot be split evenly over {clients} clients; choose a "
+            "number of images that is a multiple of the number of clients"
+        )
+    if knows_local and local is None:
+        raise GradleakError("knows_local applies to update observations (give local training)")
+    unknown = sorted(set(knows_local or {}) - set(LOCAL_FACTS))
+    if unknown:
+        raise GradleakError(f"unknown local-training facts {unknown}; choose from {LOCAL_FACTS}")
+    weights = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+    per_client = len(images) // clients
+    order = local.order(per_client) if local is not None else None
+    sums: dict[str, torch.Tensor] = {}
+    losses = []
+    for c in range(clients):
+        part = slice(c * per_client, (c + 1) * per_client)
+        if local is None:
+            observed, loss = _client_gradient(model, images[part], labels[part], bn_mode)
+        else:
+            observed, loss = _client_update(
+                model, images[part], labels[part], bn_mode, local, order
+            )
+        losses.append(loss)
+        for name, value in observed.items():
+            sums[name] = sums[name] + value if name in sums else value
+    record = None
+    if local is not None:
+        record = {**local.as_dict(), "order": order}
+    return Observation(
+        model_config=dict(model.config),
+        weights=weights,
+        gradients={name: (total / clients).cpu() for name, total in sums.items()},
+        batch_size=len(images),
+        labels=labels.clone().cpu(),
+        bn_mode=bn_mode,
+        loss=sum(losses) / len(losses),
+        knows_labels=knows_labels,
+        knows_batch_size=knows_batch_size,
+        kind="gradient" if local is None else "update",
+        local=record,
+        knows_local={fact: True for fact in LOCAL_FACTS} | dict(knows_local or {})
+        if local is not None
+        else {},
+        clients=clients,
+        metadata=dict(metadata or {}),
+        truth=GroundTruth(images.detach().clone().cpu(), labels.clone().cpu(), list(ids or [])),
+    )
+
+
+def _check_batch(
+    model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor, bn_mode: str
+) -> torch.Tensor:
+    """Validate a client batch against ``model``; the labels as a (B,) int64 tensor."""
     if bn_mode not in BN_MODES:
         raise GradleakError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
     if images.ndim != 4:
@@ -156,39 +384,50 @@ def observe(
     labels = torch.as_tensor(labels)
     if labels.is_floating_point() or labels.is_complex():
         raise GradleakError(f"labels must be integers, got dtype {labels.dtype}")
-    labels = labels.long().reshape(-1)
+    labels = labels.long().reshape(-1).to(images.device)
     if len(labels) != len(images):
         raise GradleakError(f"{len(labels)} labels for {len(images)} images")
     num_classes = model.config["num_classes"]
     if labels.min() < 0 or labels.max() >= num_classes:
         raise GradleakError(f"labels must lie in [0, {num_classes}), got {labels.tolist()}")
-    weights = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+    return labels
+
+
+def _client_gradient(model, images, labels, bn_mode) -> tuple[dict[str, torch.Tensor], float]:
+    """One client's averaged gradient (BatchNorm running statistics left untouched)."""
     was_training = model.training
     try:
         model.train(bn_mode == "train")
-        params = [p for _, p in model.net.named_parameters()]
+        named = list(model.net.named_parameters())
         with _frozen_bn_statistics(model):
             loss = nn.functional.cross_entropy(model(images), labels)
-            grads = torch.autograd.grad(loss, params)
+            grads = torch.autograd.grad(loss, [p for _, p in named])
     finally:
         model.train(was_training)
-    gradients = {
-        name: g.detach().clone()
-        for (name, _), g in zip(model.net.named_parameters(), grads, strict=True)
-    }
-    return Observation(
-        model_config=dict(model.config),
-        weights=weights,
-        gradients=gradients,
-        batch_size=len(images),
-        labels=labels.clone(),
-        bn_mode=bn_mode,
-        loss=float(loss.detach()),
-        knows_labels=knows_labels,
-        knows_batch_size=knows_batch_size,
-        metadata=dict(metadata or {}),
-        truth=GroundTruth(images.detach().clone(), labels.clone(), list(ids or [])),
+    gradients = {name: g.detach().clone() for (name, _), g in zip(named, grads, strict=True)}
+    return gradients, float(loss.detach())
+
+
+def _client_update(
+    model, images, labels, bn_mode, local: LocalTraining, order
+) -> tuple[dict[str, torch.Tensor], float]:
+    """One client's FedAvg pseudo-gradient ``w_server - w_client`` after real local training."""
+    client = copy.deepcopy(model)
+    client.train(bn_mode == "train")
+    losses = train_locally(
+        client.net,
+        lambda x, y: nn.functional.cross_entropy(client(x), y),
+        images,
+        labels,
+        local,
+        order,
     )
+    after = dict(client.net.named_parameters())
+    update = {
+        name: (p.detach() - after[name].detach()).clone()
+        for name, p in model.net.named_parameters()
+    }
+    return update, losses[0]
 
 
 class _frozen_bn_statistics:
@@ -224,12 +463,16 @@ def save_observation(observation: Observation, path: str | Path) -> Path:
     header = {
         "format": FORMAT,
         "model_config": observation.model_config,
+        "weights_sha256": weights_sha256(observation.weights),
         "batch_size": observation.batch_size,
         "bn_mode": observation.bn_mode,
         "loss": observation.loss,
         "knows_labels": observation.knows_labels,
         "knows_batch_size": observation.knows_batch_size,
         "kind": observation.kind,
+        "local": observation.local,
+        "knows_local": observation.knows_local,
+        "clients": observation.clients,
         "defense": observation.defense,
         "metadata": observation.metadata,
     }
@@ -256,11 +499,18 @@ def truth_path(path: str | Path) -> Path:
     return path.with_name(path.name.removesuffix(".safetensors") + ".truth.safetensors")
 
 
-def load_observation(path: str | Path, *, with_truth: bool = True) -> Observation:
+def load_observation(
+    path: str | Path, *, with_truth: bool = True, model: str | None = None
+) -> Observation:
     """Read an observation written by :func:`save_observation` and validate it against its model.
 
-    Raises GradleakError if the file is missing, not a gradleak observation, or its gradients do
-    not fit the model it names.
+    An observation made on your own model (``path/to/file.py:factory``) records that spec, never
+    code: loading it imports nothing unless ``model`` names the same factory again, and then
+    the network it builds must have the recorded architecture.
+
+    Raises GradleakError if the file is missing, not a gradleak observation, its gradients do
+    not fit the model it names, its weights do not match their recorded sha256, or its model is
+    your own and ``model`` does not name it.
     """
     path = Path(path)
     tensors, header = _read_safetensors(path, FORMAT)
@@ -278,15 +528,21 @@ def load_observation(path: str | Path, *, with_truth: bool = True) -> Observatio
             knows_labels=bool(header["knows_labels"]),
             knows_batch_size=bool(header["knows_batch_size"]),
             kind=header.get("kind", "gradient"),
+            local=header.get("local"),
+            knows_local=header.get("knows_local") or {},
+            clients=int(header.get("clients", 1)),
             defense=header.get("defense") or {},
             metadata=header.get("metadata") or {},
         )
     except (KeyError, TypeError, ValueError) as err:
         raise GradleakError(f"{path}: malformed observation header ({err})") from None
-    if observation.kind != "gradient":
-        raise GradleakError(f"{path}: observation kind {observation.kind!r} is not supported")
+    if observation.kind not in KINDS:
+        raise GradleakError(
+            f"{path}: observation kind {observation.kind!r} is not supported; known: {KINDS}"
+        )
     if not isinstance(observation.model_config, dict):
         raise GradleakError(f"{path}: malformed observation header (model_config is not a dict)")
+    _check_named_model(path, observation, model)
     try:
         model = observation.build_model()
     except GradleakError as err:
@@ -297,6 +553,13 @@ def load_observation(path: str | Path, *, with_truth: bool = True) -> Observatio
         observation.validate(model)
     except GradleakError as err:
         raise GradleakError(f"{path}: {err}") from None
+    recorded = header.get("weights_sha256")  # files written before it was recorded lack it
+    if recorded is not None and recorded != weights_sha256(weights):
+        raise GradleakError(
+            f"{path}: its weights do not match the sha256 recorded in its header "
+            f"({str(recorded)[:16]}..., the file holds {weights_sha256(weights)[:16]}...): "
+            "the file is corrupt or was edited"
+        )
     truth_file = truth_path(path)
     if with_truth and truth_file.exists():
         truth_tensors, truth_header = _read_safetensors(truth_file, TRUTH_FORMAT)
@@ -368,3 +631,52 @@ def _few(names: list[str], limit: int = 3) -> str:
         return "none"
     shown = ", ".join(f"'{n}'" for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def weights_sha256(weights: dict[str, torch.Tensor]) -> str:
+    """The fingerprint of observed weights: sha256 over every tensor in name order (its name,
+    shape, dtype and bytes)."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        value = weights[name].detach().cpu().contiguous()
+        digest.update(json.dumps([name, list(value.shape), str(value.dtype)]).encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_named_model(path: Path, observation: Observation, named: str | None) -> None:
+    """Your own model is rebuilt only when the user names it again (an observation file is
+    data, not code); a name given must be the recorded one, and builds the recorded tensors."""
+    from gradleak.models import custom
+
+    config = observation.model_config
+    recorded = config.get("name")
+    own = custom.is_own_model(recorded)
+    if named is None:
+        if own:
+            raise GradleakError(
+                f"{path}: its model was built by your own code '{recorded}'; name it again "
+                f"with --model {recorded} (an observation file is data, not code)"
+            )
+        return
+    same = custom.canonical(named) == recorded if custom.is_own_model(named) else named == recorded
+    if not same:
+        raise GradleakError(
+            f"{path}: observation was made with model '{recorded}', you named '{named}'"
+        )
+    if not own:
+        return
+    expected = config.get("architecture")
+    try:
+        net = build_model(**{k: v for k, v in config.items() if k != "architecture"}).net
+    except GradleakError as err:
+        raise GradleakError(f"{path}: {err}") from None
+    except TypeError as err:
+        raise GradleakError(f"{path}: cannot rebuild the model it names ({err})") from None
+    built = custom.architecture_digest(net.state_dict())
+    if built != expected:
+        difference = custom.first_difference(net.state_dict(), observation.weights)
+        raise GradleakError(
+            f"{path}: {recorded} now builds architecture {built}, the observation was made "
+            f"with {expected}" + (f" ({difference})" if difference else "")
+        )
