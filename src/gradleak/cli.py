@@ -293,13 +293,21 @@ def list_all() -> None:
         console.print(table)
 
 
+OWN_MODEL_HELP = "Your own model's factory, when the observation was made with one."
+
+
 @app.command()
 def observe(
-    model: str = typer.Option(..., help="Model name (see `gradleak list`)."),
+    model: str = typer.Option(
+        ..., help="Model name (see `gradleak list`), or your own: path/to/file.py:FACTORY."
+    ),
     images: str = typer.Option(..., help=IMAGES_HELP),
     out: Path = typer.Option(..., help="Observation file to write (.safetensors)."),
     width: int = typer.Option(None, help="Model width (e.g. mlp4 hidden units)."),
     weights: Path = typer.Option(None, help="Model weights (.safetensors) instead of init."),
+    normalization: str = typer.Option(
+        None, help="Input normalization: cifar10, imagenet or none (default: the model's)."
+    ),
     image_size: int = typer.Option(32, "--image-size", min=4, help="Input size of the model."),
     channels: int = typer.Option(3, min=1, max=3, help="Image channels: 3 (RGB) or 1 (gray)."),
     num_classes: int = typer.Option(None, "--num-classes", help="Default: sized from the data."),
@@ -341,6 +349,7 @@ def observe(
         width=width,
         seed=seed,
         weights=str(weights) if weights else None,
+        normalization=normalization,
     )
     _use_threads(threads, net)
     observation = make_observation(
@@ -391,6 +400,7 @@ def attack(
     ),
     prior: Path = typer.Option(None, help="Generator from `gradleak train-prior` (gias, gifd)."),
     inverter: Path = typer.Option(None, help="Inverter from `gradleak train-inverter` (learned)."),
+    model: str = typer.Option(None, help=OWN_MODEL_HELP),
     threads: int = _threads_option(),
     device: str = _device_option(),
 ) -> None:
@@ -403,7 +413,7 @@ def attack(
     budget = [f"--{k}" for k, v in (("iterations", iterations), ("restarts", restarts)) if v]
     if budget and method != "auto" and not attack_class(method).iterative():
         raise GradleakError(f"attack {method!r} is closed-form: it takes no {' or '.join(budget)}")
-    experiment = attack_experiment(str(observation), method, settings)
+    experiment = attack_experiment(str(observation), method, settings, model)
     options = _options(
         iterations=iterations, restarts=restarts, seed=seed, batch_size=batch_size,
         threads=threads, device=device,
@@ -521,6 +531,7 @@ def train_inverter_command(
 def analyze(
     observation: Path = typer.Argument(..., help="Observation file from `gradleak observe`."),
     json_file: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    model: str = typer.Option(None, help=OWN_MODEL_HELP),
     threads: int = _threads_option(),
 ) -> None:
     """What an observation gives away: batch size, labels, per-layer rank, applicable attacks."""
@@ -528,7 +539,7 @@ def analyze(
     from gradleak.records import write_json
     from gradleak.threat import load_observation
 
-    loaded = load_observation(observation)
+    loaded = load_observation(observation, model=model)
     _use_threads(threads)
     report = analyze_observation(loaded)
     known = report["batch_size_known"]

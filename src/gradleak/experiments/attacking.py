@@ -31,9 +31,12 @@ class AttackRunSettings:
     batch_size: int | None = None
 
 
-def attack_experiment(observation: str, method: str, settings: dict) -> Experiment:
+def attack_experiment(
+    observation: str, method: str, settings: dict, model: str | None = None
+) -> Experiment:
     """The experiment of ``gradleak attack OBSERVATION --method METHOD`` with attack settings
-    ``settings``; for ``auto``, each setting goes to the attacks that have it.
+    ``settings``; for ``auto``, each setting goes to the attacks that have it. ``model`` names
+    your own model's factory again when the observation was made with one.
 
     Raises:
         GradleakError: an unknown method, or a setting no chosen attack has.
@@ -55,7 +58,7 @@ def attack_experiment(observation: str, method: str, settings: dict) -> Experime
             raise GradleakError(f"{key!r} is not a setting of {where}{hint}")
     for spec in methods:
         attack_class(spec.attack)(**dict(spec.settings))  # settings are checked now, by name
-    file = ObservationFile.of(observation)
+    file = ObservationFile.of(observation, model)
     build.observation(file, 0)  # a file that is not a valid observation fails here, not later
     return Experiment(
         "attack",

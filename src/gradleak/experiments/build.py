@@ -161,7 +161,7 @@ def observation(spec: ObservationSpec | ObservationFile, seed: int) -> tuple[Obs
 
 @functools.lru_cache(maxsize=4)
 def _observation_file(spec: ObservationFile) -> Observation:
-    return load_observation(spec.path)
+    return load_observation(spec.path, model=spec.own_model)
 
 
 def truth(spec: ObservationSpec | ObservationFile) -> torch.Tensor | None:

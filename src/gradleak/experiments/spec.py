@@ -114,19 +114,22 @@ class ObservationSpec:
 @dataclass(frozen=True)
 class ObservationFile:
     """An observation file written by ``gradleak observe`` (or any :func:`save_observation`);
-    ``sha256`` of its content makes a replaced file a different case."""
+    ``sha256`` of its content makes a replaced file a different case. ``own_model`` names your
+    own model's factory again when the observation was made with one (a file never names code to
+    import by itself)."""
 
     path: str
     sha256: str
+    own_model: str | None = None
 
     @classmethod
-    def of(cls, path) -> ObservationFile:
+    def of(cls, path, own_model: str | None = None) -> ObservationFile:
         from pathlib import Path
 
         file = Path(path)
         if not file.is_file():
             raise GradleakError(f"no such file: {file}")
-        return cls(str(file), hashlib.sha256(file.read_bytes()).hexdigest())
+        return cls(str(file), hashlib.sha256(file.read_bytes()).hexdigest(), own_model)
 
 
 # ---------------------------------------------------------------------- methods

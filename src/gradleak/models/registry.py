@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from gradleak.errors import GradleakError
+from gradleak.models import custom
 from gradleak.models.weights import load_weights
 from gradleak.models.wrapper import ImageClassifier
 
@@ -109,6 +110,9 @@ def build_model(
     weights: str | os.PathLike | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    normalization: str | None = None,
+    factory_kwargs: dict | None = None,
+    architecture: str | None = None,
 ) -> ImageClassifier:
     """Build model ``name`` for ``in_channels x image_size x image_size`` images in [0, 1].
 
@@ -116,7 +120,9 @@ def build_model(
     RNG seeded with ``seed``, so the caller's global RNG state is left untouched.
 
     Args:
-        name: one of :func:`list_models`.
+        name: one of :func:`list_models`, or your own model's factory
+            ``package.module:factory`` or ``path/to/file.py:factory`` (:mod:`.custom`; imported
+            now, called with those of ``num_classes, in_channels, image_size, width`` it takes).
         num_classes: number of output logits.
         in_channels: image channels (1 or 3 have default normalizations).
         image_size: side of the square input images.
@@ -125,22 +131,38 @@ def build_model(
         weights: ``None``, a ``.safetensors`` path written by :func:`save_weights`, or
             ``"pretrained"`` for the shared CIFAR-10 weights of resnet20/32/44/56.
         mean, std: per-channel input normalization; ``None`` for the model's default.
+        normalization: a family of defaults for ``mean`` and ``std`` (``"cifar10"``,
+            ``"imagenet"``, ``"none"``); ``None`` for the model's own (``"none"`` for your own
+            models).
+        factory_kwargs, architecture: what the config of your own model recorded (the
+            arguments its factory took, the digest of its tensors' names, shapes and dtypes);
+            given back, they must still hold.
 
     Returns:
-        An :class:`ImageClassifier` in training mode; ``model.config`` rebuilds it.
+        An :class:`ImageClassifier` in training mode; ``model.config`` rebuilds it. Your own
+        model's config also holds ``normalization``, ``factory_kwargs`` and ``architecture``.
     """
-    spec = _spec(name)
+    own = custom.is_own_model(name)
+    if own:
+        name = custom.canonical(name)
+    elif factory_kwargs is not None or architecture is not None:
+        raise GradleakError("factory_kwargs and architecture belong to your own models only")
+    spec = None if own else _spec(name)
     for arg, value in (
         ("num_classes", num_classes),
         ("in_channels", in_channels),
         ("image_size", image_size),
     ):
         _check_positive_int(arg, value)
-    width = spec.width if width is None else width
-    _check_positive_int("width", width)
+    if spec is not None and width is None:
+        width = spec.width
+    if width is not None:
+        _check_positive_int("width", width)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise GradleakError(f"seed must be an integer, got {seed!r}")
-    mean, std = _normalization(spec, in_channels, mean, std)
+    family = normalization or (spec.normalization if spec is not None else "none")
+    chosen = normalization is None and (mean is not None or std is not None)
+    mean, std = _normalization(family, name, in_channels, mean, std)
     config = {
         "name": name,
         "num_classes": num_classes,
@@ -152,10 +174,28 @@ def build_model(
     }
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.default_generator.manual_seed(seed)
-        net = spec.builder(
-            num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width
+        if own:
+            net, called = custom.make_network(
+                name,
+                num_classes=num_classes,
+                in_channels=in_channels,
+                image_size=image_size,
+                width=width,
+            )
+        else:
+            net = spec.builder(
+                num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width
+            )
+    if own:
+        _check_recorded(name, net, called, factory_kwargs, architecture)
+        config.update(
+            normalization="custom" if chosen else family,
+            factory_kwargs=called,
+            architecture=custom.architecture_digest(net.state_dict()),
         )
     model = ImageClassifier(net, config)
+    if own and weights == "pretrained":
+        raise GradleakError(f"no pretrained weights for your own model {name}; pass a file")
     if isinstance(weights, str) and weights == "pretrained":
         _check_pretrained(spec, num_classes, in_channels, width)
         load_weights(model, _pretrained_path(name))
@@ -182,8 +222,24 @@ def _pretrained_path(name: str) -> Path:
 
 def _spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
-        raise GradleakError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+        raise GradleakError(
+            f"unknown model {name!r}; choose one of: {', '.join(list_models())} "
+            "(or your own: path/to/file.py:factory)"
+        )
     return _REGISTRY[name]
+
+
+def _check_recorded(name: str, net: nn.Module, called: dict, factory_kwargs, architecture) -> None:
+    """Your own model rebuilt from a recorded config: same factory arguments, same tensors."""
+    if factory_kwargs is not None and dict(factory_kwargs) != called:
+        raise GradleakError(
+            f"{name} was called with {dict(factory_kwargs)} when recorded, now with {called}"
+        )
+    digest = custom.architecture_digest(net.state_dict())
+    if architecture is not None and architecture != digest:
+        raise GradleakError(
+            f"{name} now builds architecture {digest}, the recorded one is {architecture}"
+        )
 
 
 def _check_positive_int(arg: str, value) -> None:
@@ -191,12 +247,18 @@ def _check_positive_int(arg: str, value) -> None:
         raise GradleakError(f"{arg} must be a positive integer, got {value!r}")
 
 
-def _normalization(spec: ModelSpec, in_channels: int, mean, std) -> tuple[list, list]:
+def _normalization(family: str, name: str, in_channels: int, mean, std) -> tuple[list, list]:
+    if family not in _NORMALIZATION and family != "custom":
+        raise GradleakError(
+            f"unknown normalization {family!r}; choose one of: {', '.join(sorted(_NORMALIZATION))}"
+        )
+    if family == "custom" and (mean is None or std is None):
+        raise GradleakError("normalization 'custom' needs both mean and std")
     if mean is None or std is None:
-        defaults = _NORMALIZATION[spec.normalization].get(in_channels)
+        defaults = _NORMALIZATION[family].get(in_channels)
         if defaults is None:
             raise GradleakError(
-                f"{spec.name} has no default normalization for in_channels={in_channels}; "
+                f"{name} has no default normalization for in_channels={in_channels}; "
                 f"pass mean and std"
             )
         mean = defaults[0] if mean is None else mean
