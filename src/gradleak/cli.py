@@ -34,8 +34,11 @@ def _threads_option():
     return typer.Option(None, "--threads", min=1, envvar="GRADLEAK_THREADS", help=THREADS_HELP)
 
 
-def _device_option():
-    return typer.Option("cpu", help="Where attacks optimize: cpu, cuda, cuda:1, ...")
+DEVICE_HELP = "auto (a GPU if torch sees one, else the CPU), cpu, cuda, cuda:1 or mps: where {}."
+
+
+def _device_option(what: str = "attacks optimize and artifacts train"):
+    return typer.Option("auto", envvar="GRADLEAK_DEVICE", help=DEVICE_HELP.format(what))
 
 
 # ---------------------------------------------------------------------- progress
@@ -320,15 +323,18 @@ def observe(
     ),
     seed: int = typer.Option(0, help="Seed of the model's initialization."),
     threads: int = _threads_option(),
+    device: str = _device_option("the client's training step runs"),
 ) -> None:
     """Simulate a client's training step on your images and save what the server sees."""
     import torch
 
     from gradleak.data import load_images
+    from gradleak.devices import resolve_device, to_device
     from gradleak.models import build_model
     from gradleak.threat import observe as make_observation
     from gradleak.threat import save_observation, truth_path
 
+    where = resolve_device(device)
     batch = load_images(images, size=image_size, channels=channels, n=n_images)
     label_tensor = batch.labels
     if labels is not None:
@@ -353,16 +359,16 @@ def observe(
     )
     _use_threads(threads, net)
     observation = make_observation(
-        net,
-        batch.images,
-        label_tensor,
+        net.to(where),
+        batch.images.to(where),
+        label_tensor.to(where),
         bn_mode=bn_mode,
         knows_labels=not hide_labels,
         knows_batch_size=not hide_batch_size,
         ids=batch.ids,
         metadata={"source": batch.source, "seed": seed},
     )
-    path = save_observation(observation, out)
+    path = save_observation(to_device(observation, "cpu"), out)
     console.print(
         f"observation of {len(batch)} image(s) on {model}: {path}\n"
         f"ground truth (evaluation only): {truth_path(path)}"
@@ -402,7 +408,7 @@ def attack(
     inverter: Path = typer.Option(None, help="Inverter from `gradleak train-inverter` (learned)."),
     model: str = typer.Option(None, help=OWN_MODEL_HELP),
     threads: int = _threads_option(),
-    device: str = _device_option(),
+    device: str = _device_option("attacks optimize (closed-form ones compute on the CPU)"),
 ) -> None:
     """Reconstruct the images (and labels) behind an observation."""
     from gradleak.attacks import attack_class
@@ -443,12 +449,15 @@ def train_prior(
     ),
     seed: int = typer.Option(0, help="Random seed."),
     threads: int = _threads_option(),
+    device: str = _device_option("the generator trains"),
 ) -> None:
     """Train a generative image prior (DCGAN) for GIAS/GIFD; resumes after an interruption."""
     from gradleak.data import load_images
     from gradleak.data.auxiliary import auxiliary_images
+    from gradleak.devices import resolve_device
     from gradleak.generative import train_generator
 
+    where = resolve_device(device)
     _use_threads(threads)
     private = load_images(exclude, size=size, channels=channels) if exclude else None
     class_list = _parse_classes(classes)
@@ -456,7 +465,8 @@ def train_prior(
         images, size=size, channels=channels, classes=class_list, exclude=private
     )
     console.print(
-        f"training a {channels}x{size}x{size} generator on {len(data)} images of {data.source}"
+        f"training a {channels}x{size}x{size} generator on {len(data)} images of {data.source} "
+        f"({where})"
     )
     with _training_progress("train-prior", steps) as callback:
         train_generator(
@@ -468,6 +478,7 @@ def train_prior(
             progress=callback,
             private=None if private is None else private.images,
             card={"data": str(data.source), "classes": class_list, "n_images": len(data)},
+            device=where,
         )
     console.print(f"generator: {out}  card: {out}.json")
 
@@ -490,13 +501,16 @@ def train_inverter_command(
     ),
     seed: int = typer.Option(0, help="Seed of the model's initialization and of training."),
     threads: int = _threads_option(),
+    device: str = _device_option("the gradients are computed and the inverter trains"),
 ) -> None:
     """Train a learned inverter (gradient -> images) for one model; resumes when interrupted."""
     from gradleak.data import load_images
     from gradleak.data.auxiliary import auxiliary_images
+    from gradleak.devices import resolve_device
     from gradleak.learned import train_inverter
     from gradleak.models import build_model
 
+    where = resolve_device(device)
     sizes = _parse_batch_sizes(batch_sizes)
     private = load_images(exclude, size=image_size, channels=channels) if exclude else None
     data = auxiliary_images(images, size=image_size, channels=channels, exclude=private)
@@ -511,7 +525,7 @@ def train_inverter_command(
     _use_threads(threads, net)
     console.print(
         f"training an inverter for {model} ({net.config['num_classes']} classes) on "
-        f"{len(data)} images of {data.source}"
+        f"{len(data)} images of {data.source} ({where})"
     )
     with _training_progress("train-inverter", steps) as callback:
         train_inverter(
@@ -523,6 +537,7 @@ def train_inverter_command(
             seed=seed,
             progress=callback,
             private=private,
+            device=where,
         )
     console.print(f"inverter: {out}  card: {out}.json")
 
@@ -533,12 +548,20 @@ def analyze(
     json_file: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
     model: str = typer.Option(None, help=OWN_MODEL_HELP),
     threads: int = _threads_option(),
+    device: str = typer.Option(
+        "auto",
+        envvar="GRADLEAK_DEVICE",
+        help="auto, cpu, cuda, cuda:1 or mps: checked like every command's, but analyze "
+        "computes in closed form on the CPU whatever it says.",
+    ),
 ) -> None:
     """What an observation gives away: batch size, labels, per-layer rank, applicable attacks."""
     from gradleak.analysis.report import analyze as analyze_observation
+    from gradleak.devices import resolve_device
     from gradleak.records import write_json
     from gradleak.threat import load_observation
 
+    resolve_device(device)  # an unusable device is refused here as everywhere
     loaded = load_observation(observation, model=model)
     _use_threads(threads)
     report = analyze_observation(loaded)

@@ -40,6 +40,7 @@ def execute(
     finally:
         threads.apply(previous)  # a library caller's setting outlives the case
     record["threads"] = thread_count
+    record["device"] = device
     return record, files
 
 

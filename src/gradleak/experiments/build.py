@@ -193,9 +193,9 @@ def resolve(settings: tuple, root: Path) -> dict:
     }
 
 
-def artifact(spec: ArtifactSpec, root: Path, progress=None) -> Path:
-    """``root/artifacts/NAME.safetensors``, trained unless a finished one with the same steps is
-    there (training itself resumes from its checkpoints)."""
+def artifact(spec: ArtifactSpec, root: Path, progress=None, device: str = "cpu") -> Path:
+    """``root/artifacts/NAME.safetensors``, trained (on ``device``) unless a finished one with the
+    same steps is there (training itself resumes from its checkpoints)."""
     path = artifact_path(root, spec.name)
     if path.exists() and read_card(path).get("steps") == spec.steps:
         return path
@@ -203,11 +203,11 @@ def artifact(spec: ArtifactSpec, root: Path, progress=None) -> Path:
     trainer = TRAINERS.get(spec.kind)
     if trainer is None:
         raise GradleakError(f"unknown artifact kind {spec.kind!r}; choose one of {list(TRAINERS)}")
-    trainer(spec, path, progress)
+    trainer(spec, path, progress, device)
     return path
 
 
-def _train_generator(spec: ArtifactSpec, path: Path, progress) -> None:
+def _train_generator(spec: ArtifactSpec, path: Path, progress, device: str = "cpu") -> None:
     from gradleak.generative import train_generator
 
     data = images(spec.images)
@@ -221,11 +221,12 @@ def _train_generator(spec: ArtifactSpec, path: Path, progress) -> None:
         private=private,
         progress=progress,
         card={"data": str(data.source), "classes": spec.images.classes, "n_images": len(data)},
+        device=device,
         **dict(spec.options),
     )
 
 
-def _train_inverter(spec: ArtifactSpec, path: Path, progress) -> None:
+def _train_inverter(spec: ArtifactSpec, path: Path, progress, device: str = "cpu") -> None:
     from gradleak.learned import train_inverter
 
     if spec.model is None:
@@ -239,6 +240,7 @@ def _train_inverter(spec: ArtifactSpec, path: Path, progress) -> None:
         seed=spec.seed,
         private=private,
         progress=progress,
+        device=device,
         **dict(spec.options),
     )
 

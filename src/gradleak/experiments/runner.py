@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from gradleak.attacks import load_reconstruction
-from gradleak.attacks.base import resolve_device
+from gradleak.devices import resolve_device
 from gradleak.errors import GradleakError
 from gradleak.experiments import build
 from gradleak.experiments.backends import run_cases
@@ -62,14 +62,15 @@ def run_experiment(
     """
     options = options or RunOptions()
     progress = progress or Progress()
-    resolve_device(options.device)  # a device torch cannot use fails here, not in every case
+    # A device torch cannot use fails here, not in every case; "auto" is settled once.
+    options = dataclasses.replace(options, device=str(resolve_device(options.device)))
     settings = options.apply(experiment.settings, experiment.name)
     out = Path(out)
     folder = RunFolder(out, experiment.name, dataclasses.asdict(settings))
     versions = environment()
     folder.claim(versions)
     for spec in experiment.artifacts(settings):
-        build.artifact(spec, out, progress.training(spec.name, spec.steps))
+        build.artifact(spec, out, progress.training(spec.name, spec.steps), options.device)
     cases = list(experiment.cases(settings))
     _check_unique(cases)
     pending = [case for case in cases if folder.done(case) is None]

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from gradleak.devices import module_device
 from gradleak.errors import GradleakError
 
 SIZES = (32, 64)
@@ -121,6 +122,7 @@ class Generator(nn.Module):
     def sample(self, n: int, *, seed: int = 0) -> torch.Tensor:
         """``n`` images from seeded latents, in evaluation mode."""
         z = torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed))
+        z = z.to(module_device(self))  # seeded on the CPU: the same latents on every device
         was_training = self.training
         self.eval()
         with torch.no_grad():

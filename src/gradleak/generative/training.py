@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from gradleak.data.auxiliary import check_disjoint
 from gradleak.data.imageset import ImageSet
+from gradleak.devices import module_device, resolve_device
 from gradleak.errors import GradleakError
 from gradleak.generative.dcgan import Discriminator, Generator
 from gradleak.learning import default_checkpoint, load_artifact, save_artifact, train
@@ -47,6 +48,7 @@ def train_generator(
     card: dict | None = None,
     private: ImageSet | torch.Tensor | None = None,
     every: int = 200,
+    device: str | torch.device | None = None,
 ) -> Generator:
     """Train a DCGAN generator on ``images`` and save it to ``out`` (kind ``"generator"``).
 
@@ -63,11 +65,15 @@ def train_generator(
             "classes": [3, 8, 0]}``).
         private: the images to be attacked; refused if any of them is in ``images``.
         every: steps between checkpoints.
+        device: where to train (``"auto"``, ``"cuda"``, ...; None: the CPU). The random draws
+            come from CPU generators whatever the device; the images stay where they are and
+            each step's batch is moved.
 
     Returns:
-        The generator in evaluation mode, its BatchNorm statistics re-estimated on
+        The generator (on the CPU) in evaluation mode, its BatchNorm statistics re-estimated on
         ``CALIBRATION_BATCHES`` batches of latents.
     """
+    device = resolve_device(device)
     images = torch.as_tensor(images).detach().float()
     if images.dim() != 4 or images.shape[-1] != size or images.shape[-2] != size:
         raise GradleakError(
@@ -84,6 +90,7 @@ def train_generator(
         torch.manual_seed(seed)
         generator = Generator(size, channels, latent_dim, width)
         discriminator = Discriminator(size, channels, width)
+    generator, discriminator = generator.to(device), discriminator.to(device)
     optimizers = {
         "generator": torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999)),
         "discriminator": torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999)),
@@ -98,10 +105,10 @@ def train_generator(
     }
 
     def step(_index: int, rng: torch.Generator) -> dict[str, float]:
-        real = images[torch.randint(len(images), (batch,), generator=rng)]
-        flip = torch.rand(batch, generator=rng) < 0.5
-        real = torch.where(flip[:, None, None, None], real.flip(-1), real)
-        z = torch.randn(batch, latent_dim, generator=rng)
+        real = images[torch.randint(len(images), (batch,), generator=rng).to(images.device)]
+        flip = (torch.rand(batch, generator=rng) < 0.5).to(images.device)
+        real = torch.where(flip[:, None, None, None], real.flip(-1), real).to(device)
+        z = torch.randn(batch, latent_dim, generator=rng).to(device)
         fake = generator(z)
         d_loss = (
             F.softplus(-discriminator(real)).mean()
@@ -128,6 +135,7 @@ def train_generator(
         progress=progress,
     )
     _calibrate(generator, batch, seed)
+    generator = generator.cpu()  # what training returns (and saves) lives on the CPU
     final = log[-1] if log else {}
     save_artifact(
         out,
@@ -157,13 +165,14 @@ def train_generator(
 def _calibrate(generator: Generator, batch: int, seed: int) -> None:
     """Re-estimate BatchNorm running statistics as plain averages over seeded latent batches."""
     rng = torch.Generator().manual_seed(seed + 7919)
+    device = module_device(generator)
     norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     generator.train()
     for _ in range(CALIBRATION_BATCHES):
-        generator(torch.randn(max(batch, 16), generator.latent_dim, generator=rng))
+        generator(torch.randn(max(batch, 16), generator.latent_dim, generator=rng).to(device))
     for m in norms:
         m.momentum = 0.1
     generator.eval()

@@ -205,7 +205,7 @@ def _check_plain_convolution(module: nn.Module, name: str, what: str) -> None:
 def _infer_shapes(model: ImageClassifier, layers: list[Layer], what: str) -> None:
     """Fill in per-sample shapes and check that the chain reproduces the network."""
     generator = torch.Generator().manual_seed(0)
-    x = torch.rand(2, *model.input_shape, generator=generator)
+    x = torch.rand(2, *model.input_shape, generator=generator).to(model.mean.device)
     with torch.no_grad():
         expected = model(x)
         h = (x - model.mean) / model.std

@@ -70,7 +70,7 @@ class FeatureHasher:
                 f"hash a flat gradient (P,) or a batch (N, P), got shape {list(gradient.shape)}"
             )
         flat = gradient.detach().float()
-        buckets, signs = self.tables(flat.shape[-1])
+        buckets, signs = (t.to(flat.device) for t in self.tables(flat.shape[-1]))
         out = flat.new_zeros((*flat.shape[:-1], self.dim))
         return out.index_add_(flat.dim() - 1, buckets, flat * signs)
 

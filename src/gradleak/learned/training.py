@@ -23,6 +23,7 @@ from torch.func import functional_call, grad, vmap
 
 from gradleak.data.auxiliary import check_disjoint
 from gradleak.data.imageset import ImageSet
+from gradleak.devices import module_device, resolve_device
 from gradleak.errors import GradleakError
 from gradleak.gradient.simulation import ClientSimulator
 from gradleak.learned.hashing import FeatureHasher
@@ -62,6 +63,7 @@ def train_inverter(
     checkpoint_every: int = 500,
     progress: TrainProgress | None = None,
     private: ImageSet | torch.Tensor | None = None,
+    device: str | torch.device | None = None,
 ) -> Inverter:
     """Train an inverter for ``model`` (architecture, weights and BatchNorm mode as given).
 
@@ -80,10 +82,13 @@ def train_inverter(
             written every ``checkpoint_every`` steps and at the end.
         progress: ``progress(done, total, {"mse": ..., ...})`` after every step.
         private: the images attacked later; training refuses auxiliary copies of them.
+        device: where the gradients are computed and the inverter trains (``"auto"``,
+            ``"cuda"``, ...; None: the CPU); random draws come from CPU generators whatever it is.
 
     Returns:
-        The trained :class:`Inverter` (also written to ``out``).
+        The trained :class:`Inverter` (also written to ``out``), on the CPU.
     """
+    device = resolve_device(device)
     low, high = (int(b) for b in batch_sizes)
     if not 1 <= low <= high:
         raise GradleakError(
@@ -117,7 +122,8 @@ def train_inverter(
         p.requires_grad_(False)
     bn_mode = "train" if model.training else "eval"
     per_sample = not (model.training and model.has_batchnorm())
-    weights = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+    weights = {k: v.detach().cpu().clone() for k, v in model.net.state_dict().items()}
+    model = model.to(device)
     split = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     train_set, eval_set = images.subset(split[held_out:]), images.subset(split[:held_out])
 
@@ -133,6 +139,7 @@ def train_inverter(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = InverterNet(encoder.features, hidden, model.input_shape, high)
+    net = net.to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
 
     def step(index: int, generator: torch.Generator) -> dict[str, float]:
@@ -202,6 +209,7 @@ def train_inverter(
     inverter = Inverter(net, encoder, json_safe(card), weights)
     if len(eval_set):
         card["held_out_scores"] = _score(inverter, evaluation, seed)
+    inverter.to("cpu")  # what training returns (and saves) lives on the CPU
     card["seconds"] = time.perf_counter() - start
     inverter.card = json_safe({**card, "kind": KIND})
     save_artifact(out, inverter_tensors(inverter), card, kind=KIND)
@@ -218,7 +226,7 @@ def _score(inverter: Inverter, evaluation, seed: int) -> dict[str, float]:
         predicted, logits = inverter.net(inverter.encoder.normalize(hashed))
         _, order = assignment_loss(predicted, targets, sizes)
         for i, size in enumerate(sizes.tolist()):
-            matched = predicted[i, order[i, :size]]
+            matched = predicted[i, order[i, :size].to(predicted.device)]
             errors.append((matched - targets[i, :size]).pow(2).flatten(1).mean(1))
             gray.append((targets[i, :size] - 0.5).pow(2).flatten(1).mean(1))
         correct += int((inverter._mask(logits).argmax(-1) + 1 == sizes).sum())
@@ -238,6 +246,7 @@ class _PerSampleGradients:
 
     def __init__(self, model, encoder, images: ImageSet, batch_sizes, flip: bool, fit: bool):
         self.images, self.flip, self.batch_sizes = images.images, flip, batch_sizes
+        self.device = device = module_device(model)
         pool_images = [images.images, images.images.flip(-1)] if flip else [images.images]
         labels = images.labels
         params = {f"net.{n}": p.detach() for n, p in model.net.named_parameters()}
@@ -250,7 +259,8 @@ class _PerSampleGradients:
         chunk = max(1, min(512, 2**23 // sum(encoder.sizes)))
 
         def flat_gradients(start: int, pool: torch.Tensor) -> torch.Tensor:
-            grads = per_sample(params, pool[start : start + chunk], labels[start : start + chunk])
+            part = slice(start, start + chunk)
+            grads = per_sample(params, pool[part].to(device), labels[part].to(device))
             return torch.cat([grads[f"net.{n}"].flatten(1) for n in encoder.names], dim=1)
 
         if fit:  # the encoder's statistics come from the training pool
@@ -268,8 +278,9 @@ class _PerSampleGradients:
 
     def sample(self, count: int, generator: torch.Generator):
         """``count`` batches: hashed gradients (N, d), images (N, Bmax, C, H, W), sizes (N,)."""
-        members, sizes, targets = _draw(self.images, self.flip, self.batch_sizes, count, generator)
-        mask = torch.arange(members.shape[1]) < sizes[:, None]
+        drawn = _draw(self.images, self.flip, self.batch_sizes, count, generator)
+        members, sizes, targets = (t.to(self.device) for t in drawn)
+        mask = torch.arange(members.shape[1], device=self.device) < sizes[:, None]
         hashed = (self.hashes[members] * mask[..., None]).sum(1) / sizes[:, None]
         return hashed, targets, sizes
 
@@ -280,6 +291,7 @@ class _BatchGradients:
     def __init__(self, model, encoder, images: ImageSet, batch_sizes, flip: bool, fit: bool):
         self.images, self.labels, self.flip = images.images, images.labels, flip
         self.batch_sizes, self.encoder = batch_sizes, encoder
+        self.device = module_device(model)
         self.simulator = ClientSimulator(model)
         if fit:
             generator = torch.Generator().manual_seed(0)
@@ -289,17 +301,19 @@ class _BatchGradients:
 
     def _flat(self, members, sizes, targets) -> torch.Tensor:
         labels = self.labels[members % len(self.images)]
-        flat = torch.empty(len(sizes), sum(self.encoder.sizes))
+        flat = torch.empty(len(sizes), sum(self.encoder.sizes), device=self.device)
         for size in sizes.unique().tolist():
             rows = (sizes == size).nonzero().flatten()
+            batch = targets[rows, :size].to(self.device), labels[rows, :size].to(self.device)
             with torch.no_grad():
-                grads = self.simulator.gradients(targets[rows, :size], labels[rows, :size])
-            flat[rows] = torch.cat([g.flatten(1) for g in grads], dim=1)
+                grads = self.simulator.gradients(*batch)
+            flat[rows.to(self.device)] = torch.cat([g.flatten(1) for g in grads], dim=1)
         return flat
 
     def sample(self, count: int, generator: torch.Generator):
         drawn = _draw(self.images, self.flip, self.batch_sizes, count, generator)
-        return self.encoder.hash(self._flat(*drawn)), drawn[2], drawn[1]
+        hashed = self.encoder.hash(self._flat(*drawn))
+        return hashed, drawn[2].to(self.device), drawn[1].to(self.device)
 
 
 def _draw(images: torch.Tensor, flip: bool, batch_sizes, count: int, generator):

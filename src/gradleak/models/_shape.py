@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gradleak.devices import module_device
 from gradleak.errors import GradleakError
 
 
@@ -17,7 +18,7 @@ def dummy_forward(module: nn.Module, shape: tuple[int, ...], hooks=()) -> torch.
     module.eval()
     try:
         with torch.no_grad():
-            return module(torch.zeros(1, *shape))
+            return module(torch.zeros(1, *shape, device=module_device(module)))
     finally:
         module.train(was_training)
         for handle in handles:
