@@ -168,17 +168,23 @@ def build_config(breaching, settings: dict):
     cfg = breaching.get_config(overrides=overrides)
     cfg.case.data.mean = [float(v) for v in settings["mean"]]
     cfg.case.data.std = [float(v) for v in settings["std"]]
+    check_attack_config(cfg.attack)
+    return cfg, overrides
+
+
+def check_attack_config(cfg_attack) -> None:
+    """Fail unless breaching's attack config is the ``invertinggradients`` one gradleak is
+    matched to (``EXPECTED_ATTACK``)."""
     wrong = {
-        key: _lookup(cfg.attack, key)
+        key: _lookup(cfg_attack, key)
         for key, want in EXPECTED_ATTACK.items()
-        if _lookup(cfg.attack, key) != want
+        if _lookup(cfg_attack, key) != want
     }
     if wrong:
         raise CheckFailed(
             f"breaching's invertinggradients config differs from what this benchmark matches "
             f"gradleak to: {wrong} (expected {[EXPECTED_ATTACK[k] for k in wrong]})"
         )
-    return cfg, overrides
 
 
 def build_model(breaching, cfg, settings: dict):
@@ -316,7 +322,7 @@ class Trajectory:
 
     def evaluated(self, value: torch.Tensor, candidate: torch.Tensor) -> None:
         begin = time.perf_counter()
-        value = float(value)
+        value = float(value.detach()) if torch.is_tensor(value) else float(value)
         self.objective_values.append(value)
         if value < self.best_value:
             self.best_value, self.best = value, candidate.detach().clone()
@@ -396,20 +402,20 @@ def run(case_dir: Path) -> dict:
     iterations = int(settings["iterations"])
     if int(settings["restarts"]) != 1:
         raise CheckFailed("the trajectory is recorded for 1 restart only")
-    trajectory = Trajectory(int(settings["snapshot_every"]), iterations, dm, ds)
-    instrument(attacker, trajectory)
-    torch.manual_seed(int(settings["seed"]))
-    trajectory.restart_clock()
-    start = time.perf_counter()
-    reconstruction, _stats = attacker.reconstruct([server_payload], [shared_data], {}, dryrun=False)
-    total = time.perf_counter() - start
-    output_time = trajectory.iteration_seconds[trajectory.iterations]
-
-    done = trajectory.iterations
-    seconds = trajectory.iteration_seconds
-    per_iteration = (
-        (seconds[done] - seconds[1]) / (done - 1) if done > 1 and 1 in seconds else seconds[done]
+    timed = timed_reconstruct(
+        attacker,
+        server_payload,
+        shared_data,
+        iterations=iterations,
+        snapshot_every=int(settings["snapshot_every"]),
+        seed=int(settings["seed"]),
+        dm=dm,
+        ds=ds,
     )
+    reconstruction, trajectory = timed["reconstruction"], timed["trajectory"]
+    total, per_iteration = timed["total_seconds"], timed["seconds_per_iteration"]
+    done, seconds = trajectory.iterations, trajectory.iteration_seconds
+    output_time = seconds[done]
     out_dir = case_dir / "breaching"
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(
@@ -446,6 +452,35 @@ def run(case_dir: Path) -> dict:
     }
     (out_dir / "result.json").write_text(json.dumps(_finite(result), indent=2) + "\n")
     return result
+
+
+def timed_reconstruct(
+    attacker, server_payload, shared_data, *, iterations, snapshot_every, seed, dm, ds
+) -> dict:
+    """``attacker.reconstruct`` (1 restart) under a :class:`Trajectory`, seeded with ``seed``.
+
+    Returns the reconstruction, the trajectory, the total wall seconds of ``reconstruct`` and
+    the seconds per iteration (from the end of step 1 to the last step, so that set-up and
+    label recovery are not counted; the whole time when only one step ran).
+    """
+    trajectory = Trajectory(snapshot_every, iterations, dm, ds)
+    instrument(attacker, trajectory)
+    torch.manual_seed(seed)
+    trajectory.restart_clock()
+    start = time.perf_counter()
+    reconstruction, _stats = attacker.reconstruct([server_payload], [shared_data], {}, dryrun=False)
+    total = time.perf_counter() - start
+    done = trajectory.iterations
+    seconds = trajectory.iteration_seconds
+    per_iteration = (
+        (seconds[done] - seconds[1]) / (done - 1) if done > 1 and 1 in seconds else seconds[done]
+    )
+    return {
+        "reconstruction": reconstruction,
+        "trajectory": trajectory,
+        "total_seconds": total,
+        "seconds_per_iteration": per_iteration,
+    }
 
 
 def _milestones(iterations: int, decay) -> list[float]:
