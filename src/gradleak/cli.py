@@ -322,10 +322,40 @@ def observe(
         False, "--hide-batch-size", help="Server does not know the batch size."
     ),
     seed: int = typer.Option(0, help="Seed of the model's initialization."),
+    local_steps: int = typer.Option(
+        None, "--local-steps", min=1, help="FedAvg: K local optimizer steps (an update)."
+    ),
+    local_epochs: int = typer.Option(
+        None, "--local-epochs", min=1, help="FedAvg: E local epochs over the images."
+    ),
+    local_batch_size: int = typer.Option(
+        None, "--local-batch-size", min=1, help="FedAvg: local batch size (default: all images)."
+    ),
+    lr: float = typer.Option(None, "--lr", help="FedAvg: local learning rate (required)."),
+    optimizer: str = typer.Option(
+        "sgd", "--optimizer", help="FedAvg: local optimizer: sgd, momentum or adam."
+    ),
+    momentum: float = typer.Option(0.9, "--momentum", help="FedAvg: momentum coefficient."),
+    shuffle: bool = typer.Option(
+        False, "--shuffle", help="FedAvg: reshuffle the images every local epoch."
+    ),
+    hide: str = typer.Option(
+        None,
+        "--hide",
+        help="FedAvg: facts the server does not know, comma-separated among "
+        "lr, steps, local_batch_size, optimizer, order.",
+    ),
+    clients: int = typer.Option(
+        1, "--clients", min=1, help="Secure aggregation: the mean of M clients (images split)."
+    ),
     threads: int = _threads_option(),
     device: str = _device_option("the client's training step runs"),
 ) -> None:
-    """Simulate a client's training step on your images and save what the server sees."""
+    """Simulate a client's training step (a gradient, or a FedAvg update with --local-steps or
+    --local-epochs; --clients M: the secure aggregate of M clients) and save what the server
+    sees."""
+    import dataclasses
+
     import torch
 
     from gradleak.data import load_images
@@ -335,6 +365,9 @@ def observe(
     from gradleak.threat import save_observation, truth_path
 
     where = resolve_device(device)
+    local, knows_local = _local_training(
+        local_steps, local_epochs, local_batch_size, lr, optimizer, momentum, shuffle, hide
+    )
     batch = load_images(images, size=image_size, channels=channels, n=n_images)
     label_tensor = batch.labels
     if labels is not None:
@@ -347,6 +380,8 @@ def observe(
         if len(values) != len(batch):
             raise GradleakError(f"--labels gives {len(values)} labels for {len(batch)} images")
         label_tensor = torch.tensor(values)
+    if local is not None and local_batch_size is None:
+        local = dataclasses.replace(local, batch_size=max(1, len(batch) // clients))
     net = build_model(
         model,
         num_classes=num_classes or _classes_of(batch, label_tensor),
@@ -367,12 +402,58 @@ def observe(
         knows_batch_size=not hide_batch_size,
         ids=batch.ids,
         metadata={"source": batch.source, "seed": seed},
+        local=local,
+        knows_local=knows_local,
+        clients=clients,
     )
     path = save_observation(to_device(observation, "cpu"), out)
     console.print(
-        f"observation of {len(batch)} image(s) on {model}: {path}\n"
+        f"observation of {len(batch)} image(s) on {model} ({observation.describe()}): {path}\n"
         f"ground truth (evaluation only): {truth_path(path)}"
     )
+
+
+def _local_training(steps, epochs, batch_size, lr, optimizer, momentum, shuffle, hide):
+    """The FedAvg local training the observe options describe (None: a plain gradient), and
+    which of its facts the server knows."""
+    from gradleak.threat import LOCAL_FACTS, LocalTraining
+
+    if steps is None and epochs is None:
+        given = [
+            flag
+            for flag, value in (
+                ("--local-batch-size", batch_size),
+                ("--lr", lr),
+                ("--hide", hide),
+                ("--shuffle", shuffle or None),
+            )
+            if value is not None
+        ]
+        if given or optimizer != "sgd":
+            flags = ", ".join(given + (["--optimizer"] if optimizer != "sgd" else []))
+            raise GradleakError(
+                f"{flags}: option(s) of FedAvg local training; add --local-steps K or "
+                "--local-epochs E"
+            )
+        return None, None
+    if steps is not None and epochs is not None:
+        raise GradleakError("give --local-steps or --local-epochs, not both")
+    if lr is None:
+        raise GradleakError("a FedAvg update needs the client's learning rate: add --lr")
+    hidden = [fact.strip() for fact in (hide or "").split(",") if fact.strip()]
+    unknown = [fact for fact in hidden if fact not in LOCAL_FACTS]
+    if unknown:
+        raise GradleakError(f"--hide: unknown fact(s) {unknown}; choose from {list(LOCAL_FACTS)}")
+    training = LocalTraining(
+        lr=lr,
+        batch_size=batch_size or 1,  # "all the client's images": set once they are loaded
+        steps=steps,
+        epochs=epochs,
+        optimizer=optimizer,
+        momentum=momentum,
+        shuffle=shuffle,
+    )
+    return training, {fact: fact not in hidden for fact in LOCAL_FACTS}
 
 
 def _classes_of(batch, labels=None) -> int:

@@ -296,6 +296,11 @@ class Attack:
         context = AttackContext(self.name, view, model, int(size), settings)
         if read_as_gradient:
             context.notes["observed"] = "one plain-SGD step: read as lr x the averaged gradient"
+        if view.clients > 1 and not self.reads_updates:
+            context.notes["clients"] = (
+                f"the {view.clients} clients' mean read as one batch of all their images "
+                "(exact for gradients without train-mode BatchNorm)"
+            )
         self.configure(context)
         return context
 

@@ -51,6 +51,7 @@ class GrayBaseline(Attack):
     defaults = GraySettings()
     requirements = (LABELS, LEVEL)
     expected = "flat gray images: the PSNR an attack must beat on these images"
+    reads_updates = True  # reads nothing from the observation but its labels
 
     def reconstruct(self, context: AttackContext) -> Reconstruction:
         shape = (context.batch_size, *context.model.input_shape)

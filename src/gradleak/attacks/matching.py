@@ -300,7 +300,7 @@ class GradientMatchingAttack(Attack):
 
         keep = best.best_restart()
         if log_lr is not None:
-            context.notes["estimated_lr"] = float(log_lr[keep].exp())
+            context.notes["estimated_lr"] = float(log_lr[keep].detach().exp())
         if label_logits is not None:
             final_labels = best.labels[keep].argmax(-1)
         else:

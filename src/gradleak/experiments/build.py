@@ -29,7 +29,7 @@ from gradleak.experiments.spec import (
 from gradleak.learning import read_card
 from gradleak.models import ImageClassifier, build_model
 from gradleak.models.weights import weight_drift
-from gradleak.threat import Observation, load_observation, observe
+from gradleak.threat import LocalTraining, Observation, load_observation, observe
 
 AUXILIARY_HOLD_OUT = 1000
 
@@ -146,6 +146,9 @@ def observation(spec: ObservationSpec | ObservationFile, seed: int) -> tuple[Obs
         knows_batch_size=spec.knows_batch_size,
         ids=[pool.ids[i] for i in index],
         metadata={"source": pool.source},
+        local=LocalTraining.from_dict(dict(spec.local)) if spec.local else None,
+        knows_local={fact: False for fact in spec.hidden_local} if spec.local else None,
+        clients=spec.clients,
     )
     facts: dict = {}
     if spec.model.fedavg is not None:

@@ -42,6 +42,10 @@ class Grid:
         n_images: how many images form the batches (in order; ``--n-images``).
         image_size, channels, classes, one_per_class: which images and in what shape.
         knows_labels, knows_batch_size, bn_mode: the threat model.
+        local, hidden_local, clients: FedAvg local training (items of
+            :class:`gradleak.threat.LocalTraining`; empty: a gradient), the facts of it the
+            server does not know, and the clients of a secure aggregate (each batch is split
+            evenly over them).
         iterations, restarts: budget of iterative attacks that set none of their own
             (None: the attack's default; ``--iterations``, ``--restarts``).
         batch_size: replaces the size of every batch (``--batch-size``).
@@ -68,6 +72,9 @@ class Grid:
     iterations: int | None = None
     restarts: int | None = None
     bn_mode: str = "train"
+    local: tuple[tuple[str, object], ...] = ()
+    hidden_local: tuple[str, ...] = ()
+    clients: int = 1
     batch_size: int | None = None
     max_batches: int | None = None
     name: str = ""
@@ -96,6 +103,15 @@ def grid_cases(grid: Grid) -> Iterator[Case]:
 
     if grid.bn_mode not in ("train", "eval"):
         raise GradleakError(f"bn_mode must be 'train' or 'eval', got {grid.bn_mode!r}")
+    if grid.local:
+        from gradleak.threat import LOCAL_FACTS, LocalTraining
+
+        LocalTraining.from_dict(dict(grid.local))  # a clear error before any case runs
+        unknown = sorted(set(grid.hidden_local) - set(LOCAL_FACTS))
+        if unknown:
+            raise GradleakError(f"unknown local-training facts {unknown}; choose {LOCAL_FACTS}")
+    elif grid.hidden_local:
+        raise GradleakError("hidden_local facts apply to FedAvg updates: set local training")
     pool = build.images(grid.images)
     batches = _batches(grid)
     compositions = [c for _, c in batches]
@@ -121,6 +137,9 @@ def grid_cases(grid: Grid) -> Iterator[Case]:
                 knows_batch_size=grid.knows_batch_size,
                 bn_mode=grid.bn_mode,
                 defenses=defenses,
+                local=grid.local,
+                hidden_local=grid.hidden_local,
+                clients=grid.clients,
             )
             prefix = [
                 grid.name,

@@ -100,7 +100,9 @@ class DefenseSpec:
 @dataclass(frozen=True)
 class ObservationSpec:
     """One simulated client step: a model, the images at ``indices`` of ``images``, what the
-    server knows, and the defenses the client applied."""
+    server knows, and the defenses the client applied. ``local`` (items of
+    :class:`gradleak.threat.LocalTraining`) makes it a FedAvg update, ``hidden_local`` lists the
+    facts of it the server does not know, ``clients`` > 1 a secure aggregate."""
 
     model: ModelSpec
     images: ImagesSpec
@@ -109,6 +111,9 @@ class ObservationSpec:
     knows_batch_size: bool = True
     bn_mode: str = "train"
     defenses: tuple[DefenseSpec, ...] = ()
+    local: tuple[tuple[str, Any], ...] = ()
+    hidden_local: tuple[str, ...] = ()
+    clients: int = 1
 
 
 @dataclass(frozen=True)

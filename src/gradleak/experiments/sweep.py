@@ -17,6 +17,11 @@ The file's ``[grid]`` lists are crossed into cases; ``[sweep]`` says which image
     [attacks.idlg]            # settings per attack, incl. iterations / restarts
     iterations = 50
 
+FedAvg updates instead of gradients: ``local = {steps = 4, batch_size = 2, lr = 0.1}`` in
+``[sweep]`` (any :class:`gradleak.threat.LocalTraining` field: ``epochs``, ``optimizer``,
+``shuffle``, ...), ``hide_local = ["lr", "order"]`` for facts the server does not know, and
+``clients = 4`` for the secure aggregate of 4 clients (each batch split evenly over them).
+
 Everything is checked when the file is read (names, settings, budgets of closed-form attacks),
 with one error naming the key; a combination an attack cannot attack is a skipped case.
 """
@@ -39,7 +44,8 @@ else:  # pragma: no cover
 SWEEP_KEYS = {
     "images": str, "n_images": int, "seeds": list, "image_size": int, "channels": int,
     "knows_labels": bool, "knows_batch_size": bool, "bn_mode": str, "max_batches": int,
-    "iterations": int, "restarts": int, "description": str,
+    "iterations": int, "restarts": int, "description": str, "local": dict,
+    "hide_local": list, "clients": int,
 }  # fmt: skip
 GRID_KEYS = ("model", "batch_size", "labels", "attack", "defense")
 MODEL_KEYS = {"model", "width", "weights", "num_classes", "mean", "std"}
@@ -103,6 +109,11 @@ def load_sweep(path: str | Path) -> Experiment:
         max_batches=sweep.get("max_batches"),
         iterations=sweep.get("iterations"),
         restarts=sweep.get("restarts"),
+        local=as_items(
+            {k: tuple(v) if isinstance(v, list) else v for k, v in sweep.get("local", {}).items()}
+        ),
+        hidden_local=tuple(sweep.get("hide_local", ())),
+        clients=sweep.get("clients", 1),
     )
     if settings.bn_mode not in ("train", "eval"):
         raise GradleakError(f"{path} [sweep] bn_mode must be 'train' or 'eval'")

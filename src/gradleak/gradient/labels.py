@@ -25,7 +25,6 @@ Counts are rounded to non-negative integers summing to ``B`` (:func:`round_count
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -252,57 +251,8 @@ def bias(
             details["auxiliary_classes"] = int(covered.sum())
         details["auxiliary_images"] = len(auxiliary_images)
     real = solve_counts(probs, out.grad_bias, size)
-    if view.kind == "update":
-        # Dimitrov et al. 2022, sec. 4.3: the softmax drifts while the client trains; estimate the
-        # drift by replaying the local training on dummy images with the current label counts.
-        for _ in range(DRIFT_ROUNDS):
-            drift = training_drift(view, model, round_counts(real, size))
-            real = solve_counts(probs, out.grad_bias - drift, size)
-        details["drift_rounds"] = DRIFT_ROUNDS
     details["real_counts"] = real.tolist()
     return _result(_labels_from(real, size), "bias", size, details)
-
-
-DRIFT_ROUNDS = 3
-
-
-def training_drift(view: Observation, model: ImageClassifier, counts: torch.Tensor) -> torch.Tensor:
-    """``(K,)``: how far the clients' mean softmax moves during local training, averaged over
-    the steps as :meth:`Observation.gradient_estimate` weighs them, minus its start value.
-
-    Measured by really training copies of ``model`` as each client does (the attacker's
-    assumptions for hidden facts) on uniform-noise images labeled by ``counts`` (seeded), the
-    softmax of every step's batch read before the step."""
-    from gradleak.gradient.simulation import assumed_local_training
-    from gradleak.threat.local_training import train_locally
-
-    training, order, _ = assumed_local_training(view)
-    labels = torch.repeat_interleave(torch.arange(len(counts)), counts)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(len(labels), *model.input_shape, generator=generator)
-    share = len(labels) // view.clients
-    mu = training.momentum if training.optimizer == "momentum" else 0.0
-    steps = len(order)
-    coefficients = torch.tensor(
-        [sum(mu**i for i in range(steps - j)) for j in range(steps)], dtype=torch.float64
-    )
-    drift = torch.zeros(len(counts), dtype=torch.float64)
-    for c in range(view.clients):
-        client = copy.deepcopy(model)
-        client.train(view.bn_mode == "train")
-        seen: list[torch.Tensor] = []
-
-        def loss_of(x, y, client=client, seen=seen):
-            logits = client(x)
-            seen.append(torch.softmax(logits.detach(), 1).mean(0).double())
-            return torch.nn.functional.cross_entropy(logits, y)
-
-        part = slice(c * share, (c + 1) * share)
-        train_locally(client.net, loss_of, images[part], labels[part], training, order)
-        means = torch.stack(seen)  # (steps, K)
-        weighted = (coefficients[:, None] * means).sum(0) / coefficients.sum()
-        drift += (weighted - means[0]) / view.clients
-    return drift
 
 
 _FUNCTIONS: dict[str, Callable[..., LabelRecovery]] = {

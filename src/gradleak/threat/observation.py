@@ -207,12 +207,15 @@ class Observation:
             what = f"the averaged gradient of a batch of {self.images_per_client}"
         else:
             local = self.local or {}
-            steps = local.get("steps") or (
-                f"{local['epochs']} epoch(s)" if local.get("epochs") else "hidden"
-            )
+            if local.get("steps"):
+                steps = f"{local['steps']} local steps"
+            elif local.get("epochs"):
+                steps = f"{local['epochs']} local epoch(s)"
+            else:
+                steps = "hidden local steps"
             what = (
-                f"a FedAvg update ({local.get('optimizer') or 'hidden optimizer'}, "
-                f"{steps} steps, local batch {local.get('batch_size') or 'hidden'}, "
+                f"a FedAvg update ({local.get('optimizer') or 'hidden optimizer'}, {steps}, "
+                f"local batch {local.get('batch_size') or 'hidden'}, "
                 f"lr {local.get('lr') or 'hidden'}) over {self.images_per_client} images"
             )
         if self.clients > 1:
