@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from clitools import call_main
 from PIL import Image
 
 from gradleak.attacks import ATTACKS
-from gradleak.cli import main
 from gradleak.data import from_tensor, load_images, shared_data_dir
 from gradleak.experiments import PRESETS
 from gradleak.models import build_model, list_models
@@ -46,19 +46,6 @@ def run_cli(*args, cwd) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
-
-
-def call_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Run :func:`gradleak.cli.main` in-process; returns (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["gradleak", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "1000")  # keep long tmp paths on one line for matching
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = 0 if exit_.code is None else exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error_line(err: str) -> str:

@@ -6,13 +6,12 @@ no CUDA device; everything else runs on any machine.
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
+from clitools import call_main
 
 from gradleak.attacks import get_attack
-from gradleak.cli import main
 from gradleak.devices import mps_available, resolve_device, to_device
 from gradleak.errors import GradleakError
 from gradleak.models import build_model
@@ -43,19 +42,6 @@ def test_auto_is_the_best_device_torch_sees():
     expected = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("AUTO").type == expected
-
-
-def call_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["gradleak", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "1000")
-    monkeypatch.delenv("GRADLEAK_DEVICE", raising=False)
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = 0 if exit_.code is None else exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sys
+import json
 
 import pytest
 import torch
+from clitools import call_main
 
 from gradleak.attacks import attack_class
 from gradleak.errors import GradleakError
@@ -174,14 +175,14 @@ def test_fedavg_leakage_keeps_one_variable_set_per_epoch(cifar10):
 
 
 def test_observe_cli_writes_updates_and_refuses_bad_options(tmp_path, monkeypatch, capsys):
-    from gradleak import cli
-
     out = tmp_path / "update.safetensors"
-    argv = ["gradleak", "observe", "--model", "lenet", "--images", "cifar10", "--n-images", "4",
-            "--out", str(out), "--local-steps", "2", "--local-batch-size", "2", "--lr", "0.1",
-            "--optimizer", "momentum", "--hide", "lr,order", "--clients", "2"]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", argv)
-    cli.main()
+    code, _, err = call_main(
+        monkeypatch, capsys,
+        "observe", "--model", "lenet", "--images", "cifar10", "--n-images", "4", "--out", out,
+        "--local-steps", "2", "--local-batch-size", "2", "--lr", "0.1",
+        "--optimizer", "momentum", "--hide", "lr,order", "--clients", "2",
+    )  # fmt: skip
+    assert code == 0, err
     observation = load_observation(out)
     assert observation.kind == "update" and observation.clients == 2
     assert observation.local["optimizer"] == "momentum"
@@ -191,11 +192,31 @@ def test_observe_cli_writes_updates_and_refuses_bad_options(tmp_path, monkeypatc
         (["--local-steps", "2"], "needs the client's learning rate"),
         (["--local-steps", "2", "--lr", "0.1", "--hide", "colour"], "unknown fact"),
         (["--local-steps", "2", "--local-epochs", "1", "--lr", "0.1"], "not both"),
+        (["--clients", "3"], "split evenly over 3 clients"),
     ):
-        argv = ["gradleak", "observe", "--model", "lenet", "--images", "cifar10",
-                "--n-images", "2", "--out", str(tmp_path / "x.safetensors"), *extra]  # fmt: skip
-        monkeypatch.setattr(sys, "argv", argv)
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
-        assert exit_info.value.code == 2
-        assert message in capsys.readouterr().err
+        code, _, err = call_main(
+            monkeypatch, capsys,
+            "observe", "--model", "lenet", "--images", "cifar10", "--n-images", "2",
+            "--out", tmp_path / "x.safetensors", *extra,
+        )  # fmt: skip
+        assert code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_attack_cli_on_an_update_records_what_it_replayed(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "update.safetensors"
+    call_main(
+        monkeypatch, capsys,
+        "observe", "--model", "lenet", "--images", "cifar10", "--n-images", "2", "--out", out,
+        "--local-steps", "2", "--local-batch-size", "1", "--lr", "0.1", "--hide", "lr",
+    )  # fmt: skip
+    code, _, err = call_main(
+        monkeypatch, capsys, "attack", out, "--method", "auto", "--iterations", "2",
+        "--out", tmp_path / "auto", "--threads", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    results = json.loads((tmp_path / "auto" / "results.json").read_text())
+    by_attack = {case["attack"]: case for case in results["cases"]}
+    assert by_attack["rgap"]["status"] == "skipped"
+    assert "reads one averaged gradient" in by_attack["rgap"]["error"]
+    assert by_attack["inverting_gradients"]["status"] == "done"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from clitools import call_main
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from gradleak.cli import main
 from gradleak.data import load_images
 from gradleak.errors import GradleakError
 from gradleak.models import build_model, custom, save_weights
@@ -22,19 +22,6 @@ from gradleak.threat.observation import load_observation, save_observation
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = "examples/own_model.py:make_net"
-
-
-def call_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Run :func:`gradleak.cli.main` in-process; returns (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["gradleak", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "1000")  # long tmp paths stay on one line
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = 0 if exit_.code is None else exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error_line(err: str) -> str:

@@ -648,7 +648,8 @@ def analyze(
     report = analyze_observation(loaded)
     known = report["batch_size_known"]
     console.print(
-        f"[bold]{observation}[/] (model {report['model']})\n"
+        f"[bold]{observation}[/] (model {report['model']}): {report['observed']}\n"
+        f"{report['note'] + chr(10) if report.get('note') else ''}"
         f"batch size: estimated {report['batch_size_estimate']}"
         f"{' (exact)' if report['batch_size_estimate_exact'] else ' (best guess)'}"
         f"{f', known {known}' if known else ', hidden from the server'}\n"

@@ -33,6 +33,7 @@ def analyze(observation: Observation, *, max_exact: int = 3000) -> dict:
     layers = layer_rank_analysis(view, batch_size=batch_size, max_exact=max_exact)
     report = {
         "model": observation.model_config.get("name"),
+        "observed": view.describe(),
         "batch_size_known": view.known_batch_size,
         "batch_size_estimate": int(estimate),
         "batch_size_estimate_exact": bool(evidence.get("exact", False)),
@@ -45,6 +46,11 @@ def analyze(observation: Observation, *, max_exact: int = 3000) -> dict:
         "discarded_total": sum(row.get("discarded", 0) for row in layers),
         "attacks": applicable_attacks(view, batch_size, model),
     }
+    if view.kind == "update":
+        report["note"] = (
+            "batch size, labels and ranks are read from the update as the mean gradient over "
+            "the local steps (Observation.gradient_estimate): approximate when K > 1"
+        )
     truth = observation.truth
     if truth is not None:
         true_counts = Counter(truth.labels.tolist())
