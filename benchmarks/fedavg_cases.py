@@ -10,7 +10,8 @@ as it is done, and a rerun skips the parts already there with the same settings)
   BatchNorm differ by rounding amplified through the normalization; float64 shows that the two
   computations are the same).
 - ``lenet``: LeNet (seed 0), 8 CIFAR-10 test images per case (images 0-7 and 8-15), one epoch of
-  4 local SGD steps of batch 2, lr 0.1, labels hidden. gradleak's attacks, then breaching 0.1.2's
+  4 local SGD steps of batch 2, lr 0.1, labels hidden. gradleak's Inverting Gradients (labels
+  ``auto``: joint for a multi-step update, then refined; TV 0.2 and 0.6), then breaching 0.1.2's
   multi-step ``invertinggradients`` (``breaching_updates_side.py`` in breaching's venv, its
   own label recovery on the update) on the same case with the wall time gradleak's best used.
 - ``convnet``: the same on ConvNet (width 64, seed 0, train-mode BatchNorm) with 4 images, 1 and
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--breaching-python", default=None, help="breaching venv's python")
-    parser.add_argument("--lenet-iterations", type=int, default=2000)
+    parser.add_argument("--lenet-iterations", type=int, default=600)
     parser.add_argument("--convnet-iterations", type=int, default=60)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -141,7 +142,7 @@ def secagg(data) -> list[dict]:
 #: gradleak's configurations on updates: name -> (attack, settings).
 LENET_CONFIGS = {
     "ig": ("inverting_gradients", {}),
-    "ig-tv0.05": ("inverting_gradients", {"tv": 0.05}),
+    "ig-tv0.6": ("inverting_gradients", {"tv": 0.6}),
 }
 
 

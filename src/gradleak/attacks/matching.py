@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from gradleak.attacks.base import Attack, AttackContext, Reconstruction
-from gradleak.attacks.labels import fixed_labels, resolve_strategy
+from gradleak.attacks.labels import fixed_labels, refine_labels, resolve_strategy
 from gradleak.attacks.objectives import GradientDistance
 from gradleak.attacks.parameterization import Pixels
 from gradleak.attacks.priors import (
@@ -68,6 +68,9 @@ class MatchingSettings:
         local_lr: for a FedAvg update whose learning rate the threat model hides, the assumed
             one (the initial value when it is learned).
         learn_lr: optimize that hidden learning rate (its log, per restart) with the images.
+        refine_labels: after a joint run, refine its labels by coordinate descent on the
+            gradient distance of the final images (:func:`gradleak.attacks.labels.
+            refine_labels`).
     """
 
     distance: str = "l2"
@@ -91,6 +94,7 @@ class MatchingSettings:
     patience: int | None = None
     local_lr: float = 0.01
     learn_lr: bool = True
+    refine_labels: bool = True
 
 
 class _BestIterates:
@@ -303,6 +307,10 @@ class GradientMatchingAttack(Attack):
             context.notes["estimated_lr"] = float(log_lr[keep].detach().exp())
         if label_logits is not None:
             final_labels = best.labels[keep].argmax(-1)
+            if settings.refine_labels:
+                final_labels = _refined(
+                    simulator, distance, best.images[keep], final_labels, log_lr, keep
+                )
         else:
             final_labels = best.labels[keep].clone()
         return Reconstruction(
@@ -316,6 +324,19 @@ class GradientMatchingAttack(Attack):
             frame_steps=frame_steps,
             iterations=done,
         )
+
+
+def _refined(simulator, distance, images, labels, log_lr, keep: int) -> torch.Tensor:
+    """``labels`` (B,) of the kept restart refined on the distance of its ``images``."""
+    lr = None if log_lr is None else log_lr[keep : keep + 1].detach().exp()
+
+    def distance_of(candidate: torch.Tensor) -> float:
+        with torch.no_grad():
+            replayed, _ = simulator.simulate(images[None].detach(), candidate[None], lr)
+            return float(distance(replayed)[0])
+
+    num_classes = simulator.model.config["num_classes"]
+    return refine_labels(distance_of, labels, num_classes).to(labels.device)
 
 
 def describe_simulation(context: AttackContext, simulator: ClientSimulator) -> None:

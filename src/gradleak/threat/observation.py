@@ -128,12 +128,18 @@ class Observation:
     def images_per_client(self) -> int:
         return self.batch_size // max(1, self.clients)
 
-    def local_training(self) -> LocalTraining | None:
-        """The recorded local training (None for gradients); hidden facts must be filled in by
-        the caller first (attacks see them as None)."""
-        if self.kind != "update" or self.local is None:
-            return None
-        return LocalTraining.from_dict(self.local)
+    def single_step(self) -> bool:
+        """Whether each client took one step over all its images (always, for a gradient); a
+        hidden number of steps counts as several."""
+        if self.kind == "gradient":
+            return True
+        local = self.local or {}
+        size = local.get("batch_size")
+        return (
+            size is not None
+            and size >= self.images_per_client
+            and (local.get("steps") == 1 or local.get("epochs") == 1)
+        )
 
     def is_scaled_gradient(self) -> bool:
         """Whether the observed tensors are a known multiple of one averaged gradient: a gradient,
@@ -141,14 +147,11 @@ class Observation:
         if self.kind == "gradient":
             return True
         local = self.local or {}
-        size = local.get("batch_size")
         return (
-            local.get("optimizer") == "sgd"
+            self.single_step()
+            and local.get("optimizer") == "sgd"
             and local.get("lr") is not None
             and not local.get("weight_decay")
-            and size is not None
-            and size >= self.images_per_client
-            and (local.get("steps") == 1 or local.get("epochs") == 1)
         )
 
     def as_gradient(self) -> Observation:
