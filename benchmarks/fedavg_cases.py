@@ -20,7 +20,8 @@ as it is done, and a rerun skips the parts already there with the same settings)
 - ``secagg``: secure aggregate of 4 clients with one image each on ``mlp4``: ``fc_unmix`` reads
   the mean of the clients' gradients as one batch; PSNR of every image.
 - ``hidden``: the LeNet cases when the server does not know lr, K, or both (lr learned with the
-  images from a guess of 0.01; K assumed one epoch of the known local batch size).
+  images from a guess of 0.01; K assumed one epoch of the known local batch size; hiding K
+  hides the data order, which lists every step).
 
 Example (what produced ``benchmarks/results/fedavg_cases.md``)::
 
@@ -249,6 +250,7 @@ def hidden(data, args) -> list[dict]:
         "all known": ({}, None),
         "lr hidden": ({"lr": False}, None),
         "K hidden (true K = 4)": ({"steps": False}, None),
+        "all known, K = 8 (2 epochs)": ({}, 8),
         "K hidden (true K = 8: 2 epochs)": ({"steps": False}, 8),
         "lr and K hidden (true K = 8)": ({"lr": False, "steps": False}, 8),
     }

@@ -79,6 +79,13 @@ def test_update_file_round_trip_and_hidden_facts(cifar10, tmp_path):
     assert assumed == {"lr": 0.05, "order": "unshuffled"}
     for key, value in observation.gradients.items():
         assert torch.equal(loaded.gradients[key], value)
+    steps_hidden = observe(
+        model, images, labels, local=LocalTraining(lr=0.1, batch_size=1, steps=8),
+        knows_local={"steps": False},
+    )  # fmt: skip
+    assert steps_hidden.hidden_local_facts == ["steps", "order"]  # the order lists every step
+    training, order, _ = assumed_local_training(steps_hidden.attacker_view())
+    assert len(order) == 4  # one epoch of the known local batch size
 
 
 def test_bad_local_training_is_refused(cifar10):

@@ -119,10 +119,15 @@ class Observation:
 
     @property
     def hidden_local_facts(self) -> list[str]:
-        """The facts of local training the threat model hides (empty for gradients)."""
+        """The facts of local training the threat model hides (empty for gradients). The data
+        order lists every step's images, so hiding the steps or the local batch size hides it
+        too."""
         if self.kind != "update":
             return []
-        return [fact for fact in LOCAL_FACTS if not self.knows_local.get(fact, True)]
+        hidden = {fact for fact in LOCAL_FACTS if not self.knows_local.get(fact, True)}
+        if hidden & {"steps", "local_batch_size"}:
+            hidden.add("order")
+        return [fact for fact in LOCAL_FACTS if fact in hidden]
 
     @property
     def images_per_client(self) -> int:
