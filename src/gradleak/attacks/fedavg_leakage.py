@@ -14,6 +14,7 @@ made the counts worse on every model measured (see the FL-setups issue's closing
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from gradleak.attacks.base import AttackContext, requirement
+from gradleak.attacks.inverting_gradients import InvertingGradients
 from gradleak.attacks.labels import fixed_labels, resolve_strategy
 from gradleak.attacks.matching import (
     ClientSimulator,
@@ -43,7 +45,7 @@ def UPDATE(context: AttackContext) -> str | None:
 
 @dataclass(frozen=True)
 class FedAvgSettings(MatchingSettings):
-    """Inverting Gradients' settings plus the weight of the epoch prior.
+    """Inverting Gradients' settings (its defaults) plus the weight of the epoch prior.
 
     Attributes:
         epoch_prior: weight of the order-invariant epoch prior (mean squared distance of every
@@ -145,17 +147,7 @@ class FedAvgLeakage(GradientMatchingAttack):
     name = "fedavg_leakage"
     expected = "FedAvg updates over several epochs; the epoch prior helps when E > 1"
     requirements = (*GradientMatchingAttack.requirements, UPDATE)
-    defaults = FedAvgSettings(
-        distance="cosine",
-        optimizer="adam",
-        lr=0.1,
-        iterations=2000,
-        tv=0.2,
-        labels="auto",
-        boxed=True,
-        signed=True,
-        schedule="step",
-    )
+    defaults = FedAvgSettings(**dataclasses.asdict(InvertingGradients.defaults))
 
     def _layout(self, context: AttackContext) -> tuple[int, int, list[list[int]]]:
         """(epochs, images per client, the steps' indices into a client's E * n variables)."""
