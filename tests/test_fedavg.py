@@ -177,6 +177,9 @@ def test_fedavg_leakage_keeps_one_variable_set_per_epoch(cifar10):
     result = attack_class("fedavg_leakage")()(observation, iterations=4)
     assert result.images.shape == images.shape
     assert result.notes["epochs"] == 3
+    hidden = observe(model, images, labels, local=training, knows_labels=False)
+    joint = attack_class("fedavg_leakage")()(hidden, iterations=3)  # joint labels, refined
+    assert joint.labels.shape == labels.shape
     gradient = observe(model, images, labels)
     assert any("FedAvg" in p for p in attack_class("fedavg_leakage")().check(gradient))
 

@@ -175,11 +175,12 @@ class FedAvgLeakage(GradientMatchingAttack):
         )
 
     def replayed(self, parameterization, images, labels):
-        variables = parameterization.pixels.images()
-        r = labels.shape[0]  # labels: (R, M * n) or label logits (R, M * n, K)
-        m, e, n = parameterization.clients, parameterization.epochs, parameterization.per_client
-        per_epoch = labels.view(r, m, 1, n, *labels.shape[2:]).expand(r, m, e, n, *labels.shape[2:])
-        return variables, per_epoch.reshape(r, m * e * n, *labels.shape[2:])
+        """Every epoch's own variables, with the labels repeated per epoch."""
+        return parameterization.pixels.images(), _per_epoch(parameterization, labels)
+
+    def expanded(self, parameterization, images, labels):
+        """The reconstruction (the epochs' mean) repeated for every epoch."""
+        return _per_epoch(parameterization, images), _per_epoch(parameterization, labels)
 
     def stages(self, context: AttackContext) -> Iterator[Stage]:
         settings = context.settings
@@ -202,3 +203,12 @@ class FedAvgLeakage(GradientMatchingAttack):
         context.notes["epochs"] = epochs
         variables = EpochVariables(pixels, clients, epochs, n, labels, settings.epoch_prior)
         yield Stage(variables, settings.iterations)
+
+
+def _per_epoch(variables: EpochVariables, values: torch.Tensor) -> torch.Tensor:
+    """(R, M * n, ...) -> (R, M * E * n, ...): each client's n values repeated for every epoch
+    (labels, label logits or images)."""
+    r, rest = values.shape[0], values.shape[2:]
+    m, e, n = variables.clients, variables.epochs, variables.per_client
+    tiled = values.reshape(r, m, 1, n, *rest).expand(r, m, e, n, *rest)
+    return tiled.reshape(r, m * e * n, *rest)

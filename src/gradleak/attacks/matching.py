@@ -193,8 +193,14 @@ class GradientMatchingAttack(Attack):
         )
 
     def replayed(self, parameterization, images: torch.Tensor, labels: torch.Tensor):
-        """The images and labels the simulator replays for candidates ``images`` (R, B, ...):
-        the candidates themselves, unless an attack keeps more variables than images."""
+        """The images and labels the simulator replays for candidates ``images`` (R, B, ...)
+        while optimizing: the candidates themselves, unless an attack keeps more variables
+        than images."""
+        return self.expanded(parameterization, images, labels)
+
+    def expanded(self, parameterization, images: torch.Tensor, labels: torch.Tensor):
+        """Reconstructed ``images`` and ``labels`` (R, B, ...) laid out as the simulator replays
+        them (e.g. one copy per local epoch); the default is no change."""
         return images, labels
 
     def stages(self, context: AttackContext) -> Iterator[Stage]:
@@ -309,7 +315,12 @@ class GradientMatchingAttack(Attack):
             final_labels = best.labels[keep].argmax(-1)
             if settings.refine_labels:
                 final_labels = _refined(
-                    simulator, distance, best.images[keep], final_labels, log_lr, keep
+                    simulator,
+                    distance,
+                    lambda x, y, p=parameterization: self.expanded(p, x, y),
+                    best.images[keep],
+                    final_labels,
+                    None if log_lr is None else log_lr[keep : keep + 1].detach().exp(),
                 )
         else:
             final_labels = best.labels[keep].clone()
@@ -326,13 +337,13 @@ class GradientMatchingAttack(Attack):
         )
 
 
-def _refined(simulator, distance, images, labels, log_lr, keep: int) -> torch.Tensor:
-    """``labels`` (B,) of the kept restart refined on the distance of its ``images``."""
-    lr = None if log_lr is None else log_lr[keep : keep + 1].detach().exp()
+def _refined(simulator, distance, expand, images, labels, lr) -> torch.Tensor:
+    """``labels`` (B,) of the kept restart refined on the distance of its ``images``;
+    ``expand`` lays a (1, B, ...) batch out as the simulator replays it."""
 
     def distance_of(candidate: torch.Tensor) -> float:
         with torch.no_grad():
-            replayed, _ = simulator.simulate(images[None].detach(), candidate[None], lr)
+            replayed, _ = simulator.simulate(*expand(images[None].detach(), candidate[None]), lr)
             return float(distance(replayed)[0])
 
     num_classes = simulator.model.config["num_classes"]
