@@ -230,3 +230,15 @@ def test_attack_cli_on_an_update_records_what_it_replayed(tmp_path, monkeypatch,
     assert by_attack["rgap"]["status"] == "skipped"
     assert "reads one averaged gradient" in by_attack["rgap"]["error"]
     assert by_attack["inverting_gradients"]["status"] == "done"
+
+
+@pytest.mark.parametrize("name", ["dlg", "idlg", "gradinversion", "dip"])
+def test_every_matching_attack_replays_updates(cifar10, name):
+    images, labels = cifar10.images[:2], cifar10.labels[:2]
+    model = build_model("lenet", num_classes=10, seed=0)
+    training = LocalTraining(lr=0.1, batch_size=1, epochs=1)
+    observation = observe(model, images, labels, local=training)
+    assert attack_class(name)().check(observation) == []
+    result = attack_class(name)()(observation, iterations=2, restarts=1)
+    assert result.images.shape == images.shape
+    assert "FedAvg update" in result.notes["observed"]
