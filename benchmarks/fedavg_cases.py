@@ -96,7 +96,8 @@ def main() -> None:
 def replay_error(observation, images, labels, dtype) -> float:
     view = observation.attacker_view()
     simulator = ClientSimulator(view.build_model().to(dtype), observation=view)
-    replayed = simulator.gradients(images[None].to(dtype), labels[None])
+    with torch.no_grad():
+        replayed = simulator.gradients(images[None].to(dtype), labels[None])
     diff = sum(
         (r[0] - observation.gradients[n]).pow(2).sum()
         for r, n in zip(replayed, simulator.names, strict=True)

@@ -21,7 +21,8 @@ def replay_error(observation, images, labels) -> float:
     """Relative error of the attacker's replay of the true images against the observation."""
     view = observation.attacker_view()
     simulator = ClientSimulator(view.build_model(), observation=view)
-    replayed = simulator.gradients(images[None], labels[None])
+    with torch.no_grad():
+        replayed = simulator.gradients(images[None], labels[None])
     diff = sum(
         (r[0] - observation.gradients[n]).pow(2).sum()
         for r, n in zip(replayed, simulator.names, strict=True)

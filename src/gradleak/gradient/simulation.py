@@ -184,23 +184,41 @@ class ClientSimulator:
             lambda x: functional_call(self.model, params, (x,)), images, labels
         )
 
-    def _client(self, images, labels, lr):
+    def _client(self, images, labels, lr, autograd: bool):
         """One client's gradient or pseudo-gradient (dict by parameter) and traced statistics."""
+        gradient_of = self._autograd_gradient if autograd else grad(self._loss, has_aux=True)
         if self.training is None:
-            grads, statistics = grad(self._loss, has_aux=True)(self.params, images, labels)
+            grads, statistics = gradient_of(self.params, images, labels)
             return grads, [statistics]
         return unrolled_update(
-            self._loss, self.params, images, labels, self.training, self.order, lr
+            self._loss, self.params, images, labels, self.training, self.order, lr, gradient_of
         )
 
-    def _single(self, images: torch.Tensor, labels: torch.Tensor, lr=None):
-        """One restart: the averaged result of every client, and the mean BN statistics."""
+    def _autograd_gradient(self, params: dict, images: torch.Tensor, labels: torch.Tensor):
+        """The loss gradient at ``params`` by double-backward autograd (outside vmap), and the
+        traced statistics; differentiable in the inputs unless gradients are disabled."""
+        differentiable = torch.is_grad_enabled()
+        with torch.enable_grad():
+            names = list(params)
+            leaves = [
+                p if p.requires_grad else p.detach().requires_grad_(True) for p in params.values()
+            ]
+            loss, statistics = self._loss(dict(zip(names, leaves, strict=True)), images, labels)
+            grads = torch.autograd.grad(loss, leaves, create_graph=differentiable)
+        if not differentiable:
+            grads = [g.detach() for g in grads]
+            statistics = tuple((m.detach(), v.detach()) for m, v in statistics)
+        return dict(zip(names, grads, strict=True)), statistics
+
+    def _single(self, images: torch.Tensor, labels: torch.Tensor, lr=None, autograd=False):
+        """One restart: the averaged result of every client, and the mean BN statistics
+        (``autograd``: double-backward autograd outside vmap instead of ``torch.func.grad``)."""
         groups = 1 if self.merge_clients else self.clients
         share = len(images) // groups
         total, traced = None, []
         for c in range(groups):
             part = slice(c * share, (c + 1) * share)
-            result, statistics = self._client(images[part], labels[part], lr)
+            result, statistics = self._client(images[part], labels[part], lr, autograd)
             traced.extend(statistics)
             total = result if total is None else {k: total[k] + result[k] for k in total}
         averaged = tuple(total[f"net.{n}"] / groups for n in self.names)
@@ -243,7 +261,8 @@ class ClientSimulator:
         else:
             rates = [None] * len(images) if lr is None else list(lr)
             per_restart = [
-                self._single(x, y, rate) for x, y, rate in zip(images, labels, rates, strict=True)
+                self._single(x, y, rate, autograd=True)
+                for x, y, rate in zip(images, labels, rates, strict=True)
             ]
         grads = tuple(_stack(parts) for parts in zip(*(g for g, _ in per_restart), strict=True))
         statistics = [

@@ -165,24 +165,29 @@ def unrolled_update(
     training: LocalTraining,
     order: list[list[int]],
     lr: torch.Tensor | float | None = None,
+    gradient_of: Callable[[Params, torch.Tensor, torch.Tensor], tuple[Params, object]]
+    | None = None,
 ) -> tuple[Params, list]:
     """The pseudo-gradient ``params - params_K`` after replaying the local steps functionally.
 
     ``loss_of(params, images, labels) -> (loss, aux)`` evaluates the client's loss at ``params``;
     every step differentiates it with ``torch.func.grad`` (so the whole replay stays
-    differentiable in ``images``, ``labels`` and ``lr``, and vmap-able). ``lr`` overrides the
-    recorded learning rate (e.g. a learnable estimate when the threat model hides it).
-    Returns the pseudo-gradient and the ``aux`` of every step.
+    differentiable in ``images``, ``labels`` and ``lr``, and vmap-able), or with
+    ``gradient_of(params, images, labels) -> (gradients, aux)`` when given (e.g. double-backward
+    autograd, faster on deep models outside vmap). ``lr`` overrides the recorded learning rate
+    (e.g. a learnable estimate when the threat model hides it). Returns the pseudo-gradient and
+    the ``aux`` of every step.
     """
     from torch.func import grad
 
+    gradient_of = gradient_of or grad(loss_of, has_aux=True)
     step_size = training.lr if lr is None else lr
     current = dict(params)
     state: dict[str, list[torch.Tensor]] = {}
     auxiliaries = []
     for t, indices in enumerate(order):
         index = torch.tensor(indices, device=images.device)
-        gradients, aux = grad(loss_of, has_aux=True)(
+        gradients, aux = gradient_of(
             current, images.index_select(0, index), labels.index_select(0, index)
         )
         auxiliaries.append(aux)
