@@ -115,8 +115,6 @@ class ClientSimulator:
         self.model = copy.deepcopy(model)
         for p in self.model.parameters():
             p.requires_grad_(False)
-        for p in self.model.net.parameters():
-            p.requires_grad_(True)  # for the autograd path; the vmap path uses detached copies
         layers = batchnorm_layers(self.model)
         if batch_statistics and not layers:
             raise GradleakError("the BatchNorm prior needs a model with BatchNorm layers")
@@ -141,7 +139,6 @@ class ClientSimulator:
                 layer.register_forward_hook(self._capture)
         self.names = [name for name, _ in self.model.net.named_parameters()]
         self.params = {f"net.{n}": p.detach() for n, p in self.model.net.named_parameters()}
-        self.weights = [p for _, p in self.model.net.named_parameters()]
         self.vectorize = vectorize
         self.clients = 1 if observation is None else observation.clients
         self.training, self.order, self.assumed = (
@@ -224,15 +221,6 @@ class ClientSimulator:
         averaged = tuple(total[f"net.{n}"] / groups for n in self.names)
         return averaged, _mean_statistics(traced)
 
-    def _single_autograd(self, images: torch.Tensor, labels: torch.Tensor):
-        differentiable = torch.is_grad_enabled()  # under no_grad: plain gradients, no graph
-        with torch.enable_grad():
-            loss, statistics = self._traced_loss(self.model, images, labels)
-            grads = torch.autograd.grad(loss, self.weights, create_graph=differentiable)
-        if not differentiable:
-            statistics = tuple((m.detach(), v.detach()) for m, v in statistics)
-        return grads, statistics
-
     def simulate(
         self, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor | None = None
     ) -> tuple[tuple[torch.Tensor, ...], BatchStatistics]:
@@ -243,7 +231,6 @@ class ClientSimulator:
         BN layer the (mean, variance), each (R, C). ``lr`` (R,): per-restart learning rates
         replacing a hidden one.
         """
-        plain = self.training is None and (self.clients == 1 or self.merge_clients)
         if self.vectorize and len(images) > 1:
             try:
                 if lr is None:
@@ -256,14 +243,11 @@ class ClientSimulator:
                     f"vmap over restarts failed ({err}); falling back to a loop", stacklevel=2
                 )
                 self.vectorize = False
-        if plain:
-            per_restart = [self._single_autograd(x, y) for x, y in zip(images, labels, strict=True)]
-        else:
-            rates = [None] * len(images) if lr is None else list(lr)
-            per_restart = [
-                self._single(x, y, rate, autograd=True)
-                for x, y, rate in zip(images, labels, rates, strict=True)
-            ]
+        rates = [None] * len(images) if lr is None else list(lr)
+        per_restart = [
+            self._single(x, y, rate, autograd=True)
+            for x, y, rate in zip(images, labels, rates, strict=True)
+        ]
         grads = tuple(_stack(parts) for parts in zip(*(g for g, _ in per_restart), strict=True))
         statistics = [
             (_stack([m for m, _ in layer]), _stack([v for _, v in layer]))

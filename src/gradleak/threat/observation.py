@@ -162,21 +162,12 @@ class Observation:
     def as_gradient(self) -> Observation:
         """This observation as the averaged gradient it is a multiple of (see
         :meth:`is_scaled_gradient`); GradleakError otherwise."""
-        if self.kind == "gradient":
-            return self
         if not self.is_scaled_gradient():
             raise GradleakError(
                 "this update is not one plain-SGD step over the whole batch with a known "
                 "learning rate, so it is no multiple of a gradient"
             )
-        lr = float(self.local["lr"])
-        return dataclasses.replace(
-            self,
-            gradients={k: v / lr for k, v in self.gradients.items()},
-            kind="gradient",
-            local=None,
-            knows_local={},
-        )
+        return self.gradient_estimate()  # exact here: lr x the one step's gradient
 
     def gradient_estimate(self, lr_guess: float = 0.01) -> Observation:
         """A gradient observation approximating the client's mean gradient over its steps.
