@@ -1,87 +1,107 @@
-"""Defenses a client applies to its update before sending it, as transformations of observations.
+"""Defenses a client applies in its step, before the server sees anything.
 
-Each defense takes an :class:`~gradleak.threat.Observation` and returns a new one whose gradients
-are what the server then sees, with the defense appended to ``observation.defense["applied"]`` so
-that results record it. Attacks need no change: they see the defended gradient.
+Every defense is registered with the stage it acts at (:mod:`.registry`): the data the client
+trains on, the computation of its step, or the update it sends. ``observe(..., defenses=...)``,
+``gradleak observe --defense NAME[:key=value,...]``, sweeps (``defense = [...]``) and audits all
+name them the same way; :mod:`.utility` trains a model with them to measure what they cost.
 
-- :func:`add_noise`: Gaussian noise on every gradient entry (DLG's noise defense; the noise step of
-  DP-SGD when combined with :func:`clip`).
-- :func:`clip`: scale the whole update to an l2 norm of at most ``max_norm`` (DP-SGD's clipping,
-  applied to the client's update).
-- :func:`prune`: keep the largest-magnitude fraction of each layer's entries, zero the rest
-  (DLG's gradient pruning / "top-k sparsification").
+- ``noise``, ``clip``, ``prune`` (:mod:`.update`): Gaussian noise, whole-update clipping, top-k
+  pruning;
+- ``quantize`` (:mod:`.quantize`): k-bit stochastic quantization or the sign;
+- ``soteria`` (:mod:`.soteria`): Soteria's pruning of the representation layer's gradient;
+- ``dp`` (:mod:`.dp`): DP-SGD computed by Opacus (``pip install "gradleak[dp]"``);
+- ``mixup``, ``instahide`` (:mod:`.mixing`): the client trains on mixed images.
+
+Records: ``observation.defense["applied"]`` lists each defense's name, parameters and facts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import torch
 
+from gradleak.defenses.client import ClientBatch, DefendedStep, defended_step
+from gradleak.defenses.registry import (
+    DEFENSES,
+    Defense,
+    defenses_help,
+    get_defense,
+    parse_defense,
+    register_defense,
+)
 from gradleak.errors import GradleakError
-from gradleak.threat import Observation
 
-
-def add_noise(observation: Observation, sigma: float, *, seed: int = 0) -> Observation:
-    """Add i.i.d. N(0, sigma^2) noise to every gradient entry (seeded)."""
-    if not sigma >= 0:
-        raise GradleakError(f"noise sigma must be >= 0, got {sigma}")
-    generator = torch.Generator().manual_seed(seed)
-    gradients = {
-        name: g + sigma * torch.randn(g.shape, generator=generator, dtype=g.dtype)
-        for name, g in observation.gradients.items()
-    }
-    return _defended(observation, gradients, {"name": "noise", "sigma": sigma, "seed": seed})
-
-
-def clip(observation: Observation, max_norm: float) -> Observation:
-    """Scale the whole update so that its l2 norm is at most ``max_norm``."""
-    if not max_norm > 0:
-        raise GradleakError(f"clipping norm must be > 0, got {max_norm}")
-    norm = torch.sqrt(sum(g.double().pow(2).sum() for g in observation.gradients.values()))
-    scale = min(1.0, max_norm / max(float(norm), 1e-30))
-    gradients = {name: g * scale for name, g in observation.gradients.items()}
-    return _defended(
-        observation, gradients, {"name": "clip", "max_norm": max_norm, "norm": float(norm)}
-    )
-
-
-def prune(observation: Observation, keep: float) -> Observation:
-    """Keep the ``keep`` fraction of largest-magnitude entries of every layer, zero the others."""
-    if not 0 < keep <= 1:
-        raise GradleakError(f"pruning keeps a fraction in (0, 1], got {keep}")
-    gradients = {}
-    for name, g in observation.gradients.items():
-        flat = g.flatten()
-        k = max(1, round(keep * flat.numel()))
-        mask = torch.zeros_like(flat, dtype=torch.bool)
-        mask[flat.abs().topk(k).indices] = True
-        gradients[name] = torch.where(mask, flat, torch.zeros_like(flat)).view_as(g)
-    return _defended(observation, gradients, {"name": "prune", "keep": keep})
-
-
-DEFENSES = {"noise": add_noise, "clip": clip, "prune": prune}
-
-
-def apply_defense(observation: Observation, name: str, **parameters) -> Observation:
-    """``observation`` after the defense registered as ``name`` (noise, clip, prune)."""
+# Defense modules register themselves on import; optional dependencies are imported lazily inside.
+for _module in ("update", "quantize", "soteria", "dp", "mixing"):
     try:
-        defense = DEFENSES[name]
-    except KeyError:
+        importlib.import_module(f"gradleak.defenses.{_module}")
+    except ModuleNotFoundError as _err:  # a module not written yet
+        if _err.name != f"gradleak.defenses.{_module}":
+            raise
+
+
+def apply_defense(observation, name: str, **parameters):
+    """``observation`` after the update-stage defense ``name`` (noise, clip, prune, quantize,
+    soteria): the defense acts on the observed gradients as the client would have before sending
+    them. Defenses of the data or the step change what the client computes: give them to
+    :func:`gradleak.threat.observe` instead."""
+    defense = get_defense(name)
+    if defense.stage != "update":
         raise GradleakError(
-            f"unknown defense {name!r}; choose one of: {', '.join(sorted(DEFENSES))}"
-        ) from None
-    try:
-        return defense(observation, **parameters)
-    except TypeError as err:
-        raise GradleakError(f"defense {name!r}: {err}") from None
-
-
-def _defended(observation: Observation, gradients: dict, record: dict) -> Observation:
-    applied = [*observation.defense.get("applied", []), record]
+            f"defense {name!r} changes the client's {defense.stage}, not its finished update: "
+            "apply it when observing (observe(..., defenses=...), gradleak observe --defense)"
+        )
+    defense.check(parameters)
+    images = observation.truth.images if observation.truth is not None else None
+    client = ClientBatch(
+        model=observation.build_model(),
+        images=images if images is not None else torch.empty(0),
+        targets=observation.labels if observation.labels is not None else torch.empty(0),
+        bn_mode=observation.bn_mode,
+        partners=None,
+    )
+    step = defended_step(
+        client,
+        [(name, parameters)],
+        lambda _: (observation.gradients, observation.loss),
+    )
+    applied = [*observation.defense.get("applied", []), *step.records]
     return dataclasses.replace(
-        observation, gradients=gradients, defense={**observation.defense, "applied": applied}
+        observation,
+        gradients=step.gradients,
+        defense={**observation.defense, "applied": applied},
     )
 
 
-__all__ = ["DEFENSES", "add_noise", "apply_defense", "clip", "prune"]
+def add_noise(observation, sigma: float, *, seed: int = 0):
+    """:func:`apply_defense` with ``noise``: i.i.d. N(0, sigma^2) on every entry."""
+    return apply_defense(observation, "noise", sigma=sigma, seed=seed)
+
+
+def clip(observation, max_norm: float):
+    """:func:`apply_defense` with ``clip``: the whole update scaled to norm <= ``max_norm``."""
+    return apply_defense(observation, "clip", max_norm=max_norm)
+
+
+def prune(observation, keep: float):
+    """:func:`apply_defense` with ``prune``: keep the ``keep`` largest fraction per layer."""
+    return apply_defense(observation, "prune", keep=keep)
+
+
+__all__ = [
+    "DEFENSES",
+    "ClientBatch",
+    "DefendedStep",
+    "Defense",
+    "add_noise",
+    "apply_defense",
+    "clip",
+    "defended_step",
+    "defenses_help",
+    "get_defense",
+    "parse_defense",
+    "prune",
+    "register_defense",
+]

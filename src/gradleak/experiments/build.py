@@ -15,7 +15,6 @@ import torch
 
 from gradleak.data import ImageSet, load_images
 from gradleak.data.auxiliary import auxiliary_images
-from gradleak.defenses import apply_defense
 from gradleak.errors import GradleakError
 from gradleak.experiments.spec import (
     ArtifactRef,
@@ -149,17 +148,30 @@ def observation(spec: ObservationSpec | ObservationFile, seed: int) -> tuple[Obs
         local=LocalTraining.from_dict(dict(spec.local)) if spec.local else None,
         knows_local={fact: False for fact in spec.hidden_local} if spec.local else None,
         clients=spec.clients,
+        defenses=[(d.name, _defense_params(d, seed, index)) for d in spec.defenses],
+        partners=_partners(pool.images, index) if spec.defenses else None,
+        defense_seed=seed * 1_000_003 + index[0],
     )
     facts: dict = {}
     if spec.model.fedavg is not None:
         base = _model(dataclasses.replace(spec.model, fedavg=None), spec.images)
         facts["weight_drift"] = weight_drift(net.net.state_dict(), base.net.state_dict())
-    for defense in spec.defenses:
-        params = dict(defense.params)
-        if defense.name == "noise" and "seed" not in params:
-            params["seed"] = seed * 1_000_003 + index[0]
-        result = apply_defense(result, defense.name, **params)
     return result, facts
+
+
+def _defense_params(defense, seed: int, index: list[int]) -> dict:
+    """A defense's parameters; noise without a seed is seeded by the case (as it always was)."""
+    params = dict(defense.params)
+    if defense.name == "noise" and "seed" not in params:
+        params["seed"] = seed * 1_000_003 + index[0]
+    return params
+
+
+def _partners(pool: torch.Tensor, batch: list[int]) -> torch.Tensor:
+    """The client's other images (MixUp / InstaHide mix them in): the pool without the batch."""
+    keep = torch.ones(len(pool), dtype=torch.bool)
+    keep[batch] = False
+    return pool[keep]
 
 
 @functools.lru_cache(maxsize=4)

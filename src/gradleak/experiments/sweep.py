@@ -28,7 +28,6 @@ with one error naming the key; a combination an attack cannot attack is a skippe
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 
@@ -124,7 +123,7 @@ def load_sweep(path: str | Path) -> Experiment:
 def parse_defenses(text: str) -> tuple[DefenseSpec, ...]:
     """``"none"``, or ``NAME[:key=value,...]`` joined by ``+`` (applied in that order), e.g.
     ``"clip:max_norm=1+noise:sigma=0.01"``; names and parameters are checked."""
-    from gradleak.defenses import DEFENSES
+    from gradleak.defenses import parse_defense
 
     if not isinstance(text, str):
         raise GradleakError(f"a defense is a string like 'noise:sigma=0.01', got {text!r}")
@@ -132,22 +131,7 @@ def parse_defenses(text: str) -> tuple[DefenseSpec, ...]:
         return ()
     specs = []
     for part in text.split("+"):
-        name, _, rest = part.strip().partition(":")
-        if name not in DEFENSES:
-            known = ", ".join(["none", *sorted(DEFENSES)])
-            raise GradleakError(f"unknown defense {name!r}; choose one of: {known}")
-        accepted = list(inspect.signature(DEFENSES[name]).parameters)[1:]
-        params = {}
-        for pair in filter(None, (p.strip() for p in rest.split(","))):
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise GradleakError(f"defense {part!r}: expected key=value, got {pair!r}")
-            if key.strip() not in accepted:
-                raise GradleakError(
-                    f"defense {name!r} has no parameter {key.strip()!r}; it takes "
-                    f"{', '.join(accepted)}"
-                )
-            params[key.strip()] = _number(value.strip())
+        name, params = parse_defense(part)
         specs.append(DefenseSpec(name, as_items(params)))
     return tuple(specs)
 
@@ -195,15 +179,6 @@ def _only(table: dict, allowed: set, where: str) -> None:
         raise GradleakError(
             f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}"
         )
-
-
-def _number(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return text
 
 
 __all__ = ["COMPOSITIONS", "load_sweep", "parse_defenses"]

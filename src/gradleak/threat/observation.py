@@ -22,6 +22,8 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from gradleak.defenses.client import ClientBatch, defended_step
 from gradleak.errors import GradleakError
 from gradleak.models import ImageClassifier, build_model
 from gradleak.threat.local_training import LOCAL_FACTS, LocalTraining, train_locally
@@ -81,6 +84,14 @@ class Observation:
         defense: description of a defense applied to the update, empty when none.
         metadata: free JSON (data source, seed, image ids).
         truth: evaluation-only ground truth, or None.
+        bn_statistics: per BatchNorm layer (keyed by its module name in ``model.net``), the
+            (2, C) mean and biased variance of the layer's input in the client's train-mode
+            forward pass (empty for eval mode or a model without BatchNorm). For an update or a
+            secure aggregate: the mean over every forward pass of the clients' step (each
+            local step of each client, on its share of the images), which is what an attacker's
+            replay of that step traces (:class:`gradleak.gradient.simulation.ClientSimulator`).
+        knows_bn_statistics: whether attacks may use ``bn_statistics`` (Huang et al., NeurIPS
+            2021, "BN_exact": the attacker is given the batch's BatchNorm statistics).
     """
 
     model_config: dict
@@ -99,6 +110,8 @@ class Observation:
     defense: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
     truth: GroundTruth | None = None
+    bn_statistics: dict[str, torch.Tensor] = field(default_factory=dict)
+    knows_bn_statistics: bool = False
 
     # ------------------------------------------------------------------ views
     def attacker_view(self) -> Observation:
@@ -113,6 +126,7 @@ class Observation:
         return dataclasses.replace(
             self,
             labels=self.labels if self.knows_labels else None,
+            bn_statistics=dict(self.bn_statistics) if self.knows_bn_statistics else {},
             local=local,
             truth=None,
         )
@@ -296,11 +310,15 @@ def observe(
     bn_mode: str = "train",
     knows_labels: bool = True,
     knows_batch_size: bool = True,
+    knows_bn_statistics: bool = False,
     ids: list[str] | None = None,
     metadata: dict | None = None,
     local: LocalTraining | None = None,
     knows_local: dict[str, bool] | None = None,
     clients: int = 1,
+    defenses: Sequence[tuple[str, dict]] = (),
+    partners: torch.Tensor | None = None,
+    defense_seed: int = 0,
 ) -> Observation:
     """Simulate what FL clients send: by default one client's averaged cross-entropy gradient.
 
@@ -312,6 +330,13 @@ def observe(
             (default: all known).
         clients: split the images evenly over this many clients and observe the mean of their
             gradients or updates (secure aggregation).
+        defenses: ``(name, params)`` of :mod:`gradleak.defenses` every client applies in its
+            step (e.g. ``[("dp", {"noise_multiplier": 1.0})]``); recorded in ``defense``.
+        partners: more of the clients' own images (not in the batch), which MixUp and InstaHide
+            mix into the batch.
+        defense_seed: seed of the defenses' randomness (noise, mixing coefficients).
+        knows_bn_statistics: whether the server is given the batch's BatchNorm statistics
+            (recorded in ``bn_statistics`` whenever ``bn_mode`` is ``"train"``).
 
     The weights recorded are those *before* the step (what the server sent); ``model`` itself is
     left unchanged (BatchNorm running statistics included).
@@ -332,17 +357,24 @@ def observe(
     order = local.order(per_client) if local is not None else None
     sums: dict[str, torch.Tensor] = {}
     losses = []
+    records: list[dict] = []
+    bn_passes: dict[str, list[torch.Tensor]] = {}  # every train-mode forward pass, per BN layer
+    bn_token = _BN_PASSES.set(bn_passes if bn_mode == "train" else None)
     for c in range(clients):
         part = slice(c * per_client, (c + 1) * per_client)
-        if local is None:
-            observed, loss = _client_gradient(model, images[part], labels[part], bn_mode)
-        else:
-            observed, loss = _client_update(
-                model, images[part], labels[part], bn_mode, local, order
-            )
+        observed, loss, applied = _defended_client(
+            model,
+            ClientBatch(
+                model, images[part], labels[part], bn_mode, local, order, partners=partners
+            ),
+            defenses,
+            seed=defense_seed * 1_000_003 + c,
+        )
+        records = records or applied
         losses.append(loss)
         for name, value in observed.items():
             sums[name] = sums[name] + value if name in sums else value
+    _BN_PASSES.reset(bn_token)
     record = None
     if local is not None:
         record = {**local.as_dict(), "order": order}
@@ -362,8 +394,11 @@ def observe(
         if local is not None
         else {},
         clients=clients,
+        defense={"applied": records} if records else {},
         metadata=dict(metadata or {}),
         truth=GroundTruth(images.detach().clone().cpu(), labels.clone().cpu(), list(ids or [])),
+        bn_statistics={name: torch.stack(seen).mean(0) for name, seen in bn_passes.items()},
+        knows_bn_statistics=knows_bn_statistics,
     )
 
 
@@ -395,13 +430,31 @@ def _check_batch(
     return labels
 
 
+def _defended_client(
+    model, client: ClientBatch, defenses, seed: int
+) -> tuple[dict[str, torch.Tensor], float, list[dict]]:
+    """One client's gradient or update with its defenses (:func:`defended_step`)."""
+
+    def compute(batch: ClientBatch):
+        if batch.local is None:
+            return _client_gradient(model, batch.images, batch.targets, batch.bn_mode)
+        return _client_update(
+            model, batch.images, batch.targets, batch.bn_mode, batch.local, batch.order
+        )
+
+    if not defenses:
+        return (*compute(client), [])
+    step = defended_step(client, defenses, compute, seed=seed)
+    return step.gradients, step.loss, step.records
+
+
 def _client_gradient(model, images, labels, bn_mode) -> tuple[dict[str, torch.Tensor], float]:
     """One client's averaged gradient (BatchNorm running statistics left untouched)."""
     was_training = model.training
     try:
         model.train(bn_mode == "train")
         named = list(model.net.named_parameters())
-        with _frozen_bn_statistics(model):
+        with _frozen_bn_statistics(model), _recorded_bn_statistics(model):
             loss = nn.functional.cross_entropy(model(images), labels)
             grads = torch.autograd.grad(loss, [p for _, p in named])
     finally:
@@ -416,20 +469,60 @@ def _client_update(
     """One client's FedAvg pseudo-gradient ``w_server - w_client`` after real local training."""
     client = copy.deepcopy(model)
     client.train(bn_mode == "train")
-    losses = train_locally(
-        client.net,
-        lambda x, y: nn.functional.cross_entropy(client(x), y),
-        images,
-        labels,
-        local,
-        order,
-    )
+    with _recorded_bn_statistics(client):
+        losses = train_locally(
+            client.net,
+            lambda x, y: nn.functional.cross_entropy(client(x), y),
+            images,
+            labels,
+            local,
+            order,
+        )
     after = dict(client.net.named_parameters())
     update = {
         name: (p.detach() - after[name].detach()).clone()
         for name, p in model.net.named_parameters()
     }
     return update, losses[0]
+
+
+# Set by ``observe`` while it runs the clients' steps: where their BatchNorm inputs' statistics go.
+_BN_PASSES: ContextVar[dict[str, list[torch.Tensor]] | None] = ContextVar(
+    "gradleak_bn_passes", default=None
+)
+
+
+class _recorded_bn_statistics:
+    """Context manager: while ``observe`` collects them, every forward pass through a BatchNorm
+    layer of ``model`` adds its input's (2, C) mean and biased variance under the layer's name
+    in ``model.net``."""
+
+    def __init__(self, model: ImageClassifier):
+        self.model = model
+        self.handles: list = []
+
+    def __enter__(self):
+        sink = _BN_PASSES.get()
+        if sink is not None:
+            for name, module in self.model.net.named_modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    self.handles.append(module.register_forward_hook(_bn_recorder(sink, name)))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        return False
+
+
+def _bn_recorder(sink: dict[str, list[torch.Tensor]], name: str):
+    def record(_module, inputs, _output) -> None:
+        features = inputs[0].detach()
+        dims = [0, *range(2, features.dim())]
+        mean, var = features.mean(dims), features.var(dims, unbiased=False)
+        sink.setdefault(name, []).append(torch.stack([mean, var]).cpu())
+
+    return record
 
 
 class _frozen_bn_statistics:
@@ -462,6 +555,7 @@ def save_observation(observation: Observation, path: str | Path) -> Path:
     tensors.update({f"grad/{k}": v.contiguous() for k, v in observation.gradients.items()})
     if observation.labels is not None:
         tensors["labels"] = observation.labels.contiguous()
+    tensors.update({f"bn/{k}": v.contiguous() for k, v in observation.bn_statistics.items()})
     header = {
         "format": FORMAT,
         "model_config": observation.model_config,
@@ -477,6 +571,7 @@ def save_observation(observation: Observation, path: str | Path) -> Path:
         "clients": observation.clients,
         "defense": observation.defense,
         "metadata": observation.metadata,
+        "knows_bn_statistics": observation.knows_bn_statistics,
     }
     save_file(tensors, str(path), metadata={"gradleak": json.dumps(header)})
     truth_file = truth_path(path)
@@ -518,6 +613,7 @@ def load_observation(
     tensors, header = _read_safetensors(path, FORMAT)
     weights = {k[len("weight/") :]: v for k, v in tensors.items() if k.startswith("weight/")}
     gradients = {k[len("grad/") :]: v for k, v in tensors.items() if k.startswith("grad/")}
+    bn_statistics = {k[len("bn/") :]: v for k, v in tensors.items() if k.startswith("bn/")}
     try:
         observation = Observation(
             model_config=header["model_config"],
@@ -535,6 +631,8 @@ def load_observation(
             clients=int(header.get("clients", 1)),
             defense=header.get("defense") or {},
             metadata=header.get("metadata") or {},
+            bn_statistics=bn_statistics,
+            knows_bn_statistics=bool(header.get("knows_bn_statistics", False)),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise GradleakError(f"{path}: malformed observation header ({err})") from None
@@ -553,6 +651,7 @@ def load_observation(
         raise GradleakError(f"{path}: cannot rebuild the model it names ({err})") from None
     try:
         observation.validate(model)
+        _check_bn_statistics(observation.bn_statistics, model)
     except GradleakError as err:
         raise GradleakError(f"{path}: {err}") from None
     recorded = header.get("weights_sha256")  # files written before it was recorded lack it
@@ -608,6 +707,23 @@ def _load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
         optional=("num_batches_tracked",),
     )
     net.load_state_dict(state, strict=False)
+
+
+def _check_bn_statistics(statistics: dict[str, torch.Tensor], model: ImageClassifier) -> None:
+    """Recorded BatchNorm statistics must name BatchNorm layers of ``model``, each (2, C)."""
+    layers = {
+        name: module
+        for name, module in model.net.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+    }
+    for name, value in statistics.items():
+        if name not in layers:
+            raise GradleakError(f"BatchNorm statistics recorded for '{name}', no BatchNorm layer")
+        if tuple(value.shape) != (2, layers[name].num_features) or not value.is_floating_point():
+            raise GradleakError(
+                f"BatchNorm statistics of '{name}' must be (2, {layers[name].num_features}) "
+                f"floats (mean, variance), got {list(value.shape)} {value.dtype}"
+            )
 
 
 def _check_fit(
