@@ -26,7 +26,8 @@ class ClientBatch:
     BatchNorm mode), the images and targets it trains on ((B,) labels, or (B, C) class
     probabilities once a data defense mixed them), its local training (None: one gradient step)
     with the order of its steps, images of the client's own data set beyond this batch
-    (``partners``, for MixUp and InstaHide) and a seeded generator."""
+    (``partners``, for MixUp and InstaHide) with their (P,) labels (``partner_labels``) and a
+    seeded generator."""
 
     model: nn.Module
     images: torch.Tensor
@@ -35,6 +36,7 @@ class ClientBatch:
     local: object | None = None  # gradleak.threat.LocalTraining
     order: list[list[int]] | None = None
     partners: torch.Tensor | None = None
+    partner_labels: torch.Tensor | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)
 
     @property

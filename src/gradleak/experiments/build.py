@@ -150,6 +150,7 @@ def observation(spec: ObservationSpec | ObservationFile, seed: int) -> tuple[Obs
         clients=spec.clients,
         defenses=[(d.name, _defense_params(d, seed, index)) for d in spec.defenses],
         partners=_partners(pool.images, index) if spec.defenses else None,
+        partner_labels=_partners(pool.labels, index) if spec.defenses else None,
         defense_seed=seed * 1_000_003 + index[0],
     )
     facts: dict = {}
@@ -168,7 +169,8 @@ def _defense_params(defense, seed: int, index: list[int]) -> dict:
 
 
 def _partners(pool: torch.Tensor, batch: list[int]) -> torch.Tensor:
-    """The client's other images (MixUp / InstaHide mix them in): the pool without the batch."""
+    """The client's other images (MixUp / InstaHide mix them in) or their labels: the pool
+    without the batch."""
     keep = torch.ones(len(pool), dtype=torch.bool)
     keep[batch] = False
     return pool[keep]

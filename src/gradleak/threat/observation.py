@@ -318,6 +318,7 @@ def observe(
     clients: int = 1,
     defenses: Sequence[tuple[str, dict]] = (),
     partners: torch.Tensor | None = None,
+    partner_labels: torch.Tensor | None = None,
     defense_seed: int = 0,
 ) -> Observation:
     """Simulate what FL clients send: by default one client's averaged cross-entropy gradient.
@@ -333,7 +334,7 @@ def observe(
         defenses: ``(name, params)`` of :mod:`gradleak.defenses` every client applies in its
             step (e.g. ``[("dp", {"noise_multiplier": 1.0})]``); recorded in ``defense``.
         partners: more of the clients' own images (not in the batch), which MixUp and InstaHide
-            mix into the batch.
+            mix into the batch; ``partner_labels`` are their (P,) labels.
         defense_seed: seed of the defenses' randomness (noise, mixing coefficients).
         knows_bn_statistics: whether the server is given the batch's BatchNorm statistics
             (recorded in ``bn_statistics`` whenever ``bn_mode`` is ``"train"``).
@@ -365,7 +366,14 @@ def observe(
         observed, loss, applied = _defended_client(
             model,
             ClientBatch(
-                model, images[part], labels[part], bn_mode, local, order, partners=partners
+                model,
+                images[part],
+                labels[part],
+                bn_mode,
+                local,
+                order,
+                partners=partners,
+                partner_labels=partner_labels,
             ),
             defenses,
             seed=defense_seed * 1_000_003 + c,
