@@ -31,12 +31,21 @@ class GradInversion(GradientMatchingAttack):
     The BN prior needs BatchNorm layers with running statistics (a trained model); on models
     without them it is switched off, and the reconstruction's ``notes["disabled"]`` says so.
 
+    Its target is the setting ``bn_statistics``, the three assumptions of Huang et al.,
+    "Evaluating Gradient Inversion Attacks and Defenses in Federated Learning" (NeurIPS 2021,
+    https://arxiv.org/abs/2112.00059; :mod:`gradleak.attacks.bn_statistics`): ``"running"``
+    (default: the sent model's running statistics, their BN_infer), ``"exact"`` (the private
+    batch's own statistics, their BN_exact: only when the observation grants them, otherwise
+    the attack does not apply) and ``"proxy"`` (a batch of the same size drawn with the attack
+    seed from the auxiliary images ``bn_proxy``, default ``"cifar10:aux"``: their BN_proxy).
+
     Shape:
         observation of B images (C, H, W) -> images (B, C, H, W), labels (B,).
 
     Examples::
         >>> reconstruction = GradInversion()(observation, iterations=2000)
         >>> GradInversion(bn=0, group=0)  # the ablation without the BN and group priors
+        >>> GradInversion(bn_statistics="exact")  # Huang et al.'s BN_exact threat model
     """
 
     name = "gradinversion"

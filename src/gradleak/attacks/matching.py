@@ -20,6 +20,12 @@ from dataclasses import dataclass
 import torch
 
 from gradleak.attacks.base import Attack, AttackContext, Reconstruction
+from gradleak.attacks.bn_statistics import (
+    BN_STATISTICS,
+    DEFAULT_PROXY,
+    batchnorm_target,
+    check_target,
+)
 from gradleak.attacks.labels import fixed_labels, refine_labels, resolve_strategy
 from gradleak.attacks.objectives import GradientDistance
 from gradleak.attacks.parameterization import Pixels
@@ -53,6 +59,13 @@ class MatchingSettings:
         tv: weight of the total-variation prior (0 disables it).
         l2: weight of the image-norm prior (GradInversion's R_l2).
         bn: weight of the BatchNorm-statistics prior (GradInversion's R_BN; needs BN layers).
+        bn_statistics: the BN prior's target (Huang et al., NeurIPS 2021; see
+            :mod:`gradleak.attacks.bn_statistics`): ``"running"`` (the model's running
+            statistics, their BN_infer), ``"exact"`` (the batch's own, granted by the threat
+            model: their BN_exact) or ``"proxy"`` (a same-size batch of ``bn_proxy`` images:
+            their BN_proxy).
+        bn_proxy: the auxiliary images (a :func:`gradleak.data.auxiliary.auxiliary_images` spec)
+            the ``"proxy"`` target draws its batch from, with the attack seed.
         group: weight of group consistency across restarts (GradInversion's R_group).
         group_every: steps between re-registrations of the restarts' consensus.
         labels: ``"auto"``, ``"known"``, ``"analytic"`` (iDLG, batch size 1) or ``"joint"`` (DLG).
@@ -81,6 +94,8 @@ class MatchingSettings:
     tv: float = 0.0
     l2: float = 0.0
     bn: float = 0.0
+    bn_statistics: str = "running"
+    bn_proxy: str = DEFAULT_PROXY
     group: float = 0.0
     group_every: int = 100
     labels: str = "auto"
@@ -167,8 +182,12 @@ class GradientMatchingAttack(Attack):
 
     name = "gradient_matching"
     defaults = MatchingSettings()
-    requirements = (LABELS,)
+    requirements = (LABELS, BN_STATISTICS)
     reads_updates = True
+
+    def __init__(self, **overrides):
+        super().__init__(**overrides)
+        check_target(self.settings.bn_statistics)
 
     def configure(self, context: AttackContext) -> None:
         """Switch off GradInversion's BN prior on models without BatchNorm running statistics
@@ -230,7 +249,8 @@ class GradientMatchingAttack(Attack):
         model = context.model = context.model.to(device)
         simulator = self.simulator(context)
         describe_simulation(context, simulator)
-        prior = _ImagePrior(settings, model, simulator.running_statistics)
+        target = batchnorm_target(context, simulator) if settings.bn else []
+        prior = _ImagePrior(settings, model, target)
         distance = GradientDistance(
             settings.distance,
             [observation.gradients[n].to(device) for n in simulator.names],
