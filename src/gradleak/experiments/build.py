@@ -143,6 +143,7 @@ def observation(spec: ObservationSpec | ObservationFile, seed: int) -> tuple[Obs
         bn_mode=spec.bn_mode,
         knows_labels=spec.knows_labels,
         knows_batch_size=spec.knows_batch_size,
+        knows_bn_statistics=spec.knows_bn_statistics,
         ids=[pool.ids[i] for i in index],
         metadata={"source": pool.source},
         local=LocalTraining.from_dict(dict(spec.local)) if spec.local else None,

@@ -42,6 +42,8 @@ class Grid:
         n_images: how many images form the batches (in order; ``--n-images``).
         image_size, channels, classes, one_per_class: which images and in what shape.
         knows_labels, knows_batch_size, bn_mode: the threat model.
+        knows_bn_statistics: the server is given the batch's BatchNorm statistics (Huang et
+            al.'s BN_exact; attacks use them with ``bn_statistics="exact"``).
         local, hidden_local, clients: FedAvg local training (items of
             :class:`gradleak.threat.LocalTraining`; empty: a gradient), the facts of it the
             server does not know, and the clients of a secure aggregate (each batch is split
@@ -72,6 +74,7 @@ class Grid:
     iterations: int | None = None
     restarts: int | None = None
     bn_mode: str = "train"
+    knows_bn_statistics: bool = False
     local: tuple[tuple[str, object], ...] = ()
     hidden_local: tuple[str, ...] = ()
     clients: int = 1
@@ -137,6 +140,7 @@ def grid_cases(grid: Grid) -> Iterator[Case]:
                 knows_batch_size=grid.knows_batch_size,
                 bn_mode=grid.bn_mode,
                 defenses=defenses,
+                knows_bn_statistics=grid.knows_bn_statistics,
                 local=grid.local,
                 hidden_local=grid.hidden_local,
                 clients=grid.clients,

@@ -100,7 +100,8 @@ class DefenseSpec:
 @dataclass(frozen=True)
 class ObservationSpec:
     """One simulated client step: a model, the images at ``indices`` of ``images``, what the
-    server knows, and the defenses the client applied. ``local`` (items of
+    server knows, and the defenses the client applied (``knows_bn_statistics``: the server is
+    given the batch's BatchNorm statistics, Huang et al.'s BN_exact). ``local`` (items of
     :class:`gradleak.threat.LocalTraining`) makes it a FedAvg update, ``hidden_local`` lists the
     facts of it the server does not know, ``clients`` > 1 a secure aggregate."""
 
@@ -111,6 +112,7 @@ class ObservationSpec:
     knows_batch_size: bool = True
     bn_mode: str = "train"
     defenses: tuple[DefenseSpec, ...] = ()
+    knows_bn_statistics: bool = False
     local: tuple[tuple[str, Any], ...] = ()
     hidden_local: tuple[str, ...] = ()
     clients: int = 1

@@ -21,6 +21,8 @@ FedAvg updates instead of gradients: ``local = {steps = 4, batch_size = 2, lr = 
 ``[sweep]`` (any :class:`gradleak.threat.LocalTraining` field: ``epochs``, ``optimizer``,
 ``shuffle``, ...), ``hide_local = ["lr", "order"]`` for facts the server does not know, and
 ``clients = 4`` for the secure aggregate of 4 clients (each batch split evenly over them).
+``knows_bn_statistics = true`` grants the server the batch's BatchNorm statistics (Huang et al.'s
+BN_exact; attacks use them with ``bn_statistics = "exact"``).
 
 Everything is checked when the file is read (names, settings, budgets of closed-form attacks),
 with one error naming the key; a combination an attack cannot attack is a skipped case.
@@ -44,7 +46,7 @@ SWEEP_KEYS = {
     "images": str, "n_images": int, "seeds": list, "image_size": int, "channels": int,
     "knows_labels": bool, "knows_batch_size": bool, "bn_mode": str, "max_batches": int,
     "iterations": int, "restarts": int, "description": str, "local": dict,
-    "hide_local": list, "clients": int,
+    "hide_local": list, "clients": int, "knows_bn_statistics": bool,
 }  # fmt: skip
 GRID_KEYS = ("model", "batch_size", "labels", "attack", "defense")
 MODEL_KEYS = {"model", "width", "weights", "num_classes", "mean", "std"}
@@ -104,6 +106,7 @@ def load_sweep(path: str | Path) -> Experiment:
         channels=sweep.get("channels", 3),
         knows_labels=sweep.get("knows_labels", True),
         knows_batch_size=sweep.get("knows_batch_size", True),
+        knows_bn_statistics=sweep.get("knows_bn_statistics", False),
         bn_mode=sweep.get("bn_mode", "train"),
         max_batches=sweep.get("max_batches"),
         iterations=sweep.get("iterations"),
