@@ -363,7 +363,7 @@ def observe(
     bn_token = _BN_PASSES.set(bn_passes if bn_mode == "train" else None)
     for c in range(clients):
         part = slice(c * per_client, (c + 1) * per_client)
-        observed, loss, applied = _defended_client(
+        observed, loss, applied = defended_client(
             model,
             ClientBatch(
                 model,
@@ -438,10 +438,11 @@ def _check_batch(
     return labels
 
 
-def _defended_client(
+def defended_client(
     model, client: ClientBatch, defenses, seed: int
 ) -> tuple[dict[str, torch.Tensor], float, list[dict]]:
-    """One client's gradient or update with its defenses (:func:`defended_step`)."""
+    """One client's gradient or update with its defenses (:func:`defended_step`): what
+    :func:`observe` records and what :mod:`gradleak.defenses.utility` trains on."""
 
     def compute(batch: ClientBatch):
         if batch.local is None:
