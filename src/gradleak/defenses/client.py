@@ -78,6 +78,8 @@ def defended_step(
     defense replacing ``compute``, then update defenses on what it sends). Each defense draws
     from its own generator, seeded by ``seed`` and its position."""
     chosen = [(get_defense(name), dict(params)) for name, params in defenses]
+    for defense, params in chosen:
+        defense.check(params)  # unknown or missing parameters, named
     steps = [d.name for d, _ in chosen if d.stage == "step"]
     if len(steps) > 1:
         from gradleak.errors import GradleakError

@@ -128,20 +128,7 @@ def train_locally(
 
     ``loss_of(images, labels)`` is the client's loss (it calls the model). Returns the losses.
     """
-    params = list(net.parameters())
-    if training.optimizer == "adam":
-        optimizer = torch.optim.Adam(
-            params,
-            lr=training.lr,
-            betas=training.betas,
-            eps=training.eps,
-            weight_decay=training.weight_decay,
-        )
-    else:
-        momentum = training.momentum if training.optimizer == "momentum" else 0.0
-        optimizer = torch.optim.SGD(
-            params, lr=training.lr, momentum=momentum, weight_decay=training.weight_decay
-        )
+    optimizer = local_optimizer(list(net.parameters()), training)
     losses = []
     for indices in order:
         index = torch.tensor(indices, device=images.device)
@@ -151,6 +138,22 @@ def train_locally(
         optimizer.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def local_optimizer(params: list[nn.Parameter], training: LocalTraining) -> torch.optim.Optimizer:
+    """The client's real torch optimizer over ``params`` (SGD, heavy-ball SGD or Adam)."""
+    if training.optimizer == "adam":
+        return torch.optim.Adam(
+            params,
+            lr=training.lr,
+            betas=training.betas,
+            eps=training.eps,
+            weight_decay=training.weight_decay,
+        )
+    momentum = training.momentum if training.optimizer == "momentum" else 0.0
+    return torch.optim.SGD(
+        params, lr=training.lr, momentum=momentum, weight_decay=training.weight_decay
+    )
 
 
 # ---------------------------------------------------------------------- the attacker's replay
