@@ -1,4 +1,5 @@
-"""Names and one-line descriptions of the registered models and attacks, without importing them.
+"""Names and one-line descriptions of the registered models, attacks and defenses, without
+importing them.
 
 ``gradleak list`` and ``--help`` must not import torch (it takes seconds). Attacks and models
 register where they are defined (``@register_attack`` on a class with a ``name``;
@@ -39,6 +40,21 @@ def models() -> dict[str, str]:
                 keywords = {k.arg: _literal(k.value) for k in node.keywords if k.arg}
                 if isinstance(name, str):
                     found[name] = str(keywords.get("description", ""))
+    return dict(sorted(found.items()))
+
+
+def defenses() -> dict[str, str]:
+    """Defense name -> ``[stage] summary`` for every ``@register_defense(name, stage, summary)``."""
+    found = {}
+    for tree in _trees("defenses"):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _name(node.func) == "register_defense":
+                values = [_literal(a) for a in node.args[:3]]
+                keywords = {k.arg: _literal(k.value) for k in node.keywords if k.arg}
+                name, stage, summary = (values + [None] * 3)[:3]
+                stage, summary = stage or keywords.get("stage"), summary or keywords.get("summary")
+                if isinstance(name, str):
+                    found[name] = f"[{stage}] {summary}"
     return dict(sorted(found.items()))
 
 

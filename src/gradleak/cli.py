@@ -1,5 +1,5 @@
-"""Command line: ``gradleak demo | run | sweep | list | observe | attack | analyze | train-prior |
-train-inverter``.
+"""Command line: ``gradleak demo | run | sweep | audit | list | observe | attack | analyze |
+train-prior | train-inverter``.
 
 The CLI only parses, shows progress and prints tables; the work is done by the library, imported
 inside each command so that ``gradleak --help`` and ``gradleak list`` never import torch. Every
@@ -277,9 +277,42 @@ def sweep(
     _execute(experiment, out, options)
 
 
+@app.command()
+def audit(
+    file: Path = typer.Argument(..., help="TOML audit file (see examples/audit-small.toml)."),
+    out: Path = typer.Option(..., help="Output folder: report.html, results.json, cases/."),
+    images: str = typer.Option(None, help=IMAGES_HELP + " Overrides the file's."),
+    n_images: int = typer.Option(None, "--n-images", min=1, help="How many private images."),
+    iterations: int = typer.Option(None, min=1, help="Steps of attacks that set none."),
+    seed: int = typer.Option(None, help="Replaces the file's seeds."),
+    threads: int = _threads_option(),
+    device: str = _device_option(),
+) -> None:
+    """Audit a setup: run its attacks against each defense, measure each defense's accuracy
+    cost, and write one self-contained report.html (resumes an interrupted audit)."""
+    from gradleak.experiments.audit import load_audit, run_audit
+
+    setup = load_audit(file)
+    options = _options(
+        images=images, n_images=n_images, iterations=iterations, seed=seed, threads=threads,
+        device=device,
+    )  # fmt: skip
+    console.print(f"[bold]audit[/]: {setup.title}", highlight=False)
+    try:
+        with _progress() as progress:
+            report = run_audit(setup, out, options, progress=progress)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: finished cases and accuracies are kept in {out} (cases/, "
+            "utility.json); run the same command again to resume"
+        )
+        sys.exit(130)
+    console.print(f"report: {report}")
+
+
 @app.command("list")
 def list_all() -> None:
-    """List presets, models and attack methods."""
+    """List presets, models, attack methods and defenses."""
     from gradleak import catalog
     from gradleak.experiments.presets import PRESETS
 
@@ -287,6 +320,7 @@ def list_all() -> None:
         ("presets", {name: e.description for name, e in sorted(PRESETS.items())}),
         ("models", catalog.models()),
         ("attack methods", catalog.attacks()),
+        ("defenses (--defense NAME[:key=value,...])", catalog.defenses()),
     ):
         table = Table(title=title)
         table.add_column("name")
@@ -348,6 +382,15 @@ def observe(
     clients: int = typer.Option(
         1, "--clients", min=1, help="Secure aggregation: the mean of M clients (images split)."
     ),
+    defense: list[str] = typer.Option(
+        None,
+        "--defense",
+        help="A defense the client applies, NAME[:key=value,...]; repeatable, applied in order "
+        "within its stage (data, step, update). Defenses: noise:sigma, clip:max_norm, "
+        "prune:keep, quantize:bits,mode, soteria:prune, dp:noise_multiplier,max_grad_norm,"
+        "delta,... (gradleak[dp]), mixup:k, instahide:k. Parameters and defaults: "
+        "`gradleak list`.",
+    ),
     threads: int = _threads_option(),
     device: str = _device_option("the client's training step runs"),
 ) -> None:
@@ -359,16 +402,24 @@ def observe(
     import torch
 
     from gradleak.data import load_images
+    from gradleak.defenses import get_defense, parse_defense
     from gradleak.devices import resolve_device, to_device
     from gradleak.models import build_model
     from gradleak.threat import observe as make_observation
     from gradleak.threat import save_observation, truth_path
 
+    defenses = [parse_defense(text) for text in defense or []]
+    mixing = any(get_defense(name).stage == "data" for name, _ in defenses)
     where = resolve_device(device)
     local, knows_local = _local_training(
         local_steps, local_epochs, local_batch_size, lr, optimizer, momentum, shuffle, hide
     )
-    batch = load_images(images, size=image_size, channels=channels, n=n_images)
+    batch = load_images(images, size=image_size, channels=channels, n=None if mixing else n_images)
+    partners = None  # the client's other images, when any
+    if mixing:  # MixUp / InstaHide mix the batch with the client's other images
+        n = n_images or len(batch)
+        partners, batch = batch.subset(slice(n, None)), batch.subset(slice(0, n))
+        partners = partners if len(partners) else None
     label_tensor = batch.labels
     if labels is not None:
         try:
@@ -405,6 +456,12 @@ def observe(
         local=local,
         knows_local=knows_local,
         clients=clients,
+        defenses=defenses,
+        partners=partners.images.to(where) if partners is not None and len(partners) else None,
+        partner_labels=partners.labels.to(where)
+        if partners is not None and len(partners)
+        else None,
+        defense_seed=seed,
     )
     path = save_observation(to_device(observation, "cpu"), out)
     console.print(

@@ -61,12 +61,21 @@ def load_sweep(path: str | Path) -> Experiment:
             attack does not have, a budget for a closed-form attack.
     """
     path = Path(path)
+    return sweep_experiment(read_toml(path, "sweep"), path)
+
+
+def read_toml(path: Path, what: str) -> dict:
+    """The tables of the TOML file ``path``; GradleakError when it is missing or not TOML."""
     if not path.is_file():
-        raise GradleakError(f"no such sweep file: {path}")
+        raise GradleakError(f"no such {what} file: {path}")
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise GradleakError(f"{path}: not valid TOML ({err})") from None
+
+
+def sweep_experiment(data: dict, path: Path) -> Experiment:
+    """The experiment of a sweep file's tables ``data`` (read from ``path``, named in errors)."""
     _only(data, {"sweep", "grid", "attacks", "models"}, f"{path}")
     sweep, grid = data.get("sweep", {}), data.get("grid")
     if not isinstance(grid, dict):
@@ -184,4 +193,4 @@ def _only(table: dict, allowed: set, where: str) -> None:
         )
 
 
-__all__ = ["COMPOSITIONS", "load_sweep", "parse_defenses"]
+__all__ = ["COMPOSITIONS", "load_sweep", "parse_defenses", "read_toml", "sweep_experiment"]
