@@ -44,7 +44,7 @@ def models() -> dict[str, str]:
 
 
 def defenses() -> dict[str, str]:
-    """Defense name -> ``[stage] summary`` for every ``@register_defense(name, stage, summary)``."""
+    """Defense name -> ``stage: summary`` for every ``@register_defense(name, stage, summary)``."""
     found = {}
     for tree in _trees("defenses"):
         for node in ast.walk(tree):
@@ -54,7 +54,7 @@ def defenses() -> dict[str, str]:
                 name, stage, summary = (values + [None] * 3)[:3]
                 stage, summary = stage or keywords.get("stage"), summary or keywords.get("summary")
                 if isinstance(name, str):
-                    found[name] = f"[{stage}] {summary}"
+                    found[name] = f"{stage}: {summary}"
     return dict(sorted(found.items()))
 
 

@@ -8,9 +8,9 @@ their budgets) plus two tables::
     [utility]                 # what each defense costs: train with it, test on held-out images
     train = "cifar10:aux"     # the training images (near-copies of the private ones removed)
     held_out = 500            # test images held out of them
-    steps = 300               # SGD steps of batch_size, lr (the same client step observe runs)
-    batch_size = 32
-    lr = 0.05
+    n_train = 5000            # at most this many training images
+    steps = 300               # server steps on client batches defended like the observed one
+    batch_size = 32           # (and lr, optimizer, momentum, seed: gradleak.defenses.utility)
     [audit]
     title = "LeNet, batch 1"
     margin_db = 3.0           # a defense "stops" the attacks when none beats the baseline by more
@@ -30,10 +30,8 @@ from gradleak.experiments.grid import Grid, grid_cases
 from gradleak.experiments.spec import (
     BatchSizeSpec,
     Experiment,
-    ImagesSpec,
     LabelsSpec,
     RunOptions,
-    Split,
 )
 from gradleak.experiments.sweep import read_toml, sweep_experiment
 
@@ -42,24 +40,25 @@ LABELS_VARIANT = "labels recovered"
 BATCH_SIZE_VARIANT = "batch size inferred"
 BASELINES = ("mean_image", "gray")  # no-information references, best first
 UTILITY_KEYS = {
-    "train": str, "held_out": int, "steps": int, "batch_size": int, "lr": float,
-    "momentum": float, "seed": int, "enabled": bool,
+    "train": str, "held_out": int, "n_train": int, "enabled": bool, "steps": int,
+    "batch_size": int, "lr": float, "optimizer": str, "momentum": float, "seed": int,
+    "partners": int,
 }  # fmt: skip
+BUDGET_KEYS = ("steps", "batch_size", "lr", "optimizer", "momentum", "seed", "partners")
 AUDIT_KEYS = {"title": str, "margin_db": float}
 
 
 @dataclass(frozen=True)
 class UtilitySettings:
-    """How each defense's accuracy is measured: ``steps`` SGD steps of ``batch_size`` on
-    ``train`` minus ``held_out`` images, tested on those held out (seeded)."""
+    """How each defense's accuracy is measured (:mod:`gradleak.defenses.utility`): training on
+    ``train`` (at most ``n_train`` images) minus ``held_out`` test images, with the
+    :class:`~gradleak.defenses.utility.UtilityBudget` fields given in ``budget`` (the others
+    keep their defaults)."""
 
     train: str = "cifar10:aux"
     held_out: int = 500
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.0
-    seed: int = 0
+    n_train: int | None = None
+    budget: tuple = ()
     enabled: bool = True
 
 
@@ -90,10 +89,11 @@ def load_audit(path: str | Path) -> Audit:
         LabelsSpec(LABELS_VARIANT, "auto"),
         BatchSizeSpec(BATCH_SIZE_VARIANT),
     )
-    settings = UtilitySettings(**utility)
-    for key in ("held_out", "steps", "batch_size"):
-        if getattr(settings, key) < 1:
-            raise GradleakError(f"{path} [utility] {key} must be at least 1")
+    budget = tuple((k, utility.pop(k)) for k in BUDGET_KEYS if k in utility)
+    settings = UtilitySettings(**utility, budget=budget)
+    _budget(settings, grid.bn_mode, f"{path} [utility]")
+    if settings.held_out < 1 or (settings.n_train is not None and settings.n_train < 1):
+        raise GradleakError(f"{path} [utility] held_out and n_train must be at least 1")
     return Audit(
         dataclasses.replace(grid, methods=methods),
         settings,
@@ -128,44 +128,40 @@ def run_audit(
 def measure_utility(audit: Audit, grid: Grid, out: Path, progress=None) -> dict[str, dict]:
     """The accuracy of the audit's model trained with each defense of the grid (one entry per
     defense label, ``"none"`` included), resumable in ``out/utility.json``."""
-    from gradleak.defenses.utility import UtilityBudget, UtilityStore, defense_accuracy
+    from gradleak.defenses.utility import UtilityStore, utility_split
     from gradleak.experiments import build
 
     settings = audit.utility
     private = grid.images
-    pool = ImagesSpec(settings.train, size=private.size, channels=private.channels, exclude=private)
-    train = build.images(
-        dataclasses.replace(pool, split=Split(settings.seed, "rest", settings.held_out))
+    train, test = utility_split(
+        grid.data,
+        source=settings.train,
+        n_train=settings.n_train,
+        n_test=settings.held_out,
+        size=private.size,
+        channels=private.channels,
     )
-    test = build.images(
-        dataclasses.replace(pool, split=Split(settings.seed, "held_out", settings.held_out))
-    )
-    budget = UtilityBudget(
-        steps=settings.steps,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        momentum=settings.momentum,
-        seed=settings.seed,
-        bn_mode=grid.bn_mode,
-    )
+    budget = _budget(settings, grid.bn_mode, "[utility]")
     store = UtilityStore(out / "utility.json")
-    model_spec = dataclasses.replace(grid.models[0], seed=grid.seeds[0])
-    model = build.model(model_spec, private)
+    model = build.model(dataclasses.replace(grid.models[0], seed=grid.seeds[0]), private)
     measured = {}
     for defenses in grid.defenses:
         label = " + ".join(d.label for d in defenses) or "none"
         if progress is not None:
-            progress.note(f"accuracy with defense {label}: training {settings.steps} steps")
-        measured[label] = defense_accuracy(
-            model,
-            train,
-            test,
-            [(d.name, dict(d.params)) for d in defenses],
-            budget,
-            store=store,
-            key_extra={"model": dataclasses.asdict(model_spec), "data": settings.train},
+            progress.note(f"accuracy with defense {label}: {budget.steps} training steps")
+        measured[label] = store.accuracy(
+            model, train, test, [(d.name, dict(d.params)) for d in defenses], budget
         )
     return measured
+
+
+def _budget(settings: UtilitySettings, bn_mode: str, where: str):
+    from gradleak.defenses.utility import UtilityBudget
+
+    try:
+        return UtilityBudget(**dict(settings.budget), bn_mode=bn_mode).check()
+    except GradleakError as err:
+        raise GradleakError(f"{where}: {err}") from None
 
 
 def _table(table, keys: dict, where: str) -> dict:

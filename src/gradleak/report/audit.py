@@ -146,7 +146,7 @@ def _verdict(
             else float(clean["accuracy"]) - float(utility["accuracy"])
         ),
         "facts": _defense_facts(attacks, cases),
-        "utility_facts": (utility or {}).get("facts"),
+        "training_epsilon": (utility or {}).get("epsilon"),
     }
     verdict["pictures"] = _pictures(best, cases, out) if best else {}
     return verdict
@@ -356,12 +356,16 @@ def _settings(audit, grid, results: dict, accuracy: dict) -> str:
     from gradleak.records import json_safe
 
     utility = dataclasses.asdict(audit.utility)
-    budgets = {k: v.get("budget") for k, v in accuracy.items() if isinstance(v, dict)}
+    budgets = next((v.get("budget") for v in accuracy.values() if isinstance(v, dict)), None)
     return (
         "<p>The audit file:</p>"
         f"<pre>{_e(audit.source)}</pre>"
-        f"<p>Utility measurement:</p><pre>{_e(json.dumps(utility, indent=1))}</pre>"
-        + (f"<pre>{_e(json.dumps(json_safe(budgets), indent=1))}</pre>" if budgets else "")
+        f"<p>Utility measurement:</p><pre>{_e(json.dumps(json_safe(utility), indent=1))}</pre>"
+        + (
+            f"<p>Its training budget:</p><pre>{_e(json.dumps(json_safe(budgets), indent=1))}</pre>"
+            if budgets
+            else ""
+        )
         + f"<p>The grid that ran:</p><pre>{_e(json.dumps(results.get('settings'), indent=1))}"
         "</pre>"
         f"<p>Versions:</p><pre>{_e(json.dumps(results.get('versions'), indent=1))}</pre>"
@@ -451,9 +455,8 @@ def _facts(v: dict) -> str:
     for record in v["facts"] or []:
         if "epsilon" in record:
             shown.append(f"epsilon {record['epsilon']:.3g} (delta {record.get('delta', '?')})")
-    for record in (v["utility_facts"] or {}).get("applied", []) if v["utility_facts"] else []:
-        if "epsilon" in record:
-            shown.append(f"training epsilon {record['epsilon']:.3g}")
+    if _number(v["training_epsilon"]):
+        shown.append(f"training epsilon {v['training_epsilon']:.3g}")
     return "; ".join(shown) or "-"
 
 
