@@ -170,3 +170,25 @@ def test_a_sweep_runs_mixup(tmp_path):
     cases = results["cases"]
     assert len(cases) == 2
     assert {c["status"] for c in cases} == {"done"}, [c["error"] for c in cases]
+
+
+def test_instahide_lowers_what_inverting_gradients_recovers(cifar10):
+    """LeNet, batch 1, CIFAR-10 image 0, 100 iterations: measured 16.2-16.8 dB without a defense
+    and 8.7-9.3 dB under InstaHide (defense and attack seeds 0-3)."""
+    from gradleak.attacks import InvertingGradients
+    from gradleak.metrics import score_batch
+
+    model = build_model("lenet", seed=0)
+    psnr = {}
+    for name, defenses in (("none", []), ("instahide", [("instahide", {})])):
+        observation = observe(
+            model,
+            cifar10.images[:1],
+            cifar10.labels[:1],
+            defenses=defenses,
+            partners=cifar10.images[1:],
+            partner_labels=cifar10.labels[1:],
+        )
+        reconstruction = InvertingGradients()(observation, iterations=100, seed=0)
+        psnr[name] = float(score_batch(reconstruction.images, observation.truth.images).psnr[0])
+    assert psnr["instahide"] < psnr["none"] - 4.0, psnr

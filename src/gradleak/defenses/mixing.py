@@ -82,8 +82,9 @@ def instahide(
     undone by their absolute value). The client's model normalizes ``(x - mean) / std`` itself
     (:class:`gradleak.models.ImageClassifier`), so the encoded image is handed to it as
     ``mean + sigma * (mix - mean)``: each mixed pixel reflected about its channel's mean (0.5
-    for a model without one), which the model maps exactly to ``sigma * normalize(mix)``. These
-    images leave [0, 1] (they lie in [2 mean - 1, 1]); the targets are :func:`mixup`'s.
+    for a model without one), which the model maps exactly to ``sigma * normalize(mix)``. With
+    a mean of 0.5 these stay in [0, 1] (the encoding in [-1, 1] of a model normalizing to it);
+    other means reflect some pixels out of [0, 1]. The targets are :func:`mixup`'s.
 
     Args: as :func:`mixup`.
     """
