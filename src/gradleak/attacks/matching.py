@@ -40,6 +40,7 @@ from gradleak.errors import GradleakError
 from gradleak.gradient.simulation import ClientSimulator
 from gradleak.gradient.structure import batchnorm_layers
 from gradleak.models import ImageClassifier
+from gradleak.threat import Observation
 
 OPTIMIZERS = ("adam", "lbfgs")
 SCHEDULES = ("constant", "step", "cosine")
@@ -84,6 +85,9 @@ class MatchingSettings:
         refine_labels: after a joint run, refine its labels by coordinate descent on the
             gradient distance of the final images (:func:`gradleak.attacks.labels.
             refine_labels`).
+        estimate_batch_size: when the threat model hides the batch size and the caller gives
+            no guess, estimate it from the gradient (:func:`gradleak.gradient.batch_size.
+            estimate_batch_size`, ``"auto"``) instead of refusing to run.
     """
 
     distance: str = "l2"
@@ -110,6 +114,7 @@ class MatchingSettings:
     local_lr: float = 0.01
     learn_lr: bool = True
     refine_labels: bool = True
+    estimate_batch_size: bool = False
 
 
 class _BestIterates:
@@ -200,6 +205,17 @@ class GradientMatchingAttack(Attack):
                 context.disable("bn", f"the BatchNorm prior needs them; the model has {what}")
         if s.group and s.restarts < 2:
             context.disable("group", "group consistency needs at least 2 restarts")
+        if s.estimate_batch_size and context.observation.known_batch_size is None:
+            context.notes["batch_size"] = f"estimated from the gradient: {context.batch_size}"
+
+    def guess_batch_size(self, observation: Observation) -> int | None:
+        """With ``estimate_batch_size``: the estimate of :func:`gradleak.gradient.batch_size.
+        estimate_batch_size` (``"auto"``); otherwise None (the caller must give a guess)."""
+        if not self.settings.estimate_batch_size:
+            return None
+        from gradleak.gradient.batch_size import estimate_batch_size
+
+        return int(estimate_batch_size(observation))
 
     def simulator(self, context: AttackContext) -> ClientSimulator:
         """The replay of what the client sent, for ``context.model`` on its device."""

@@ -7,7 +7,7 @@ with :func:`~gradleak.experiments.runner.run_experiment`. This module imports no
 from __future__ import annotations
 
 from gradleak.errors import GradleakError
-from gradleak.experiments import label_sweep, learned_inversion, prior_shift
+from gradleak.experiments import huang, label_sweep, learned_inversion, prior_shift
 from gradleak.experiments.grid import Grid, grid_cases
 from gradleak.experiments.spec import AttackSpec, Experiment, ModelSpec, as_items
 
@@ -99,6 +99,7 @@ PRESETS: dict[str, Experiment] = {
         learned_inversion.EXPERIMENT,
         prior_shift.EXPERIMENT,
         label_sweep.EXPERIMENT,
+        huang.EXPERIMENT,
     )
 }  # fmt: skip
 
