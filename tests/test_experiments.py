@@ -147,9 +147,12 @@ def test_a_run_claims_its_folder_before_its_first_case(tmp_path):
 
 
 # ---------------------------------------------------------------------- sweeps
-def test_example_sweeps_load(shared_dir):
+def test_example_sweeps_and_audits_load(shared_dir):
+    from gradleak.experiments.audit import audit_experiment, load_audit
+
     for path in sorted(EXAMPLES.glob("*.toml")):
-        experiment = load_sweep(path)
+        audit = path.name.startswith("audit")
+        experiment = audit_experiment(load_audit(path)) if audit else load_sweep(path)
         assert list(experiment.cases(experiment.settings)), path
 
 
