@@ -73,10 +73,11 @@ def dp(
 
     Without local training the observed gradient is Opacus's ``p.grad`` after its optimizer's
     ``pre_step`` (clip, sum, noise, divide by B); with it (``client.local``) the client runs its
-    local steps (``client.order``) with Opacus's ``DPOptimizer`` around the same torch optimizer
-    as :func:`gradleak.threat.local_training.train_locally`, each step averaged over its own
-    batch, and sends ``w_server - w_client``. The noise is drawn from a generator seeded by the
-    case (Opacus's ``secure_mode`` off). Soft (B, C) targets, e.g. after MixUp, are fine.
+    local steps (``client.order``) with Opacus's ``DPOptimizer`` around the torch optimizer of
+    :func:`gradleak.threat.local_training.train_locally` (``LocalTraining.make_optimizer``), each
+    step averaged over its own batch, and sends ``w_server - w_client``. The noise is drawn from
+    a generator seeded by the case (Opacus's ``secure_mode`` off). Soft (B, C) targets, e.g.
+    after MixUp, are fine.
 
     BatchNorm: in train mode it normalizes an image by its batch, so no image has a gradient of
     its own and clipping bounds nothing: Opacus refuses it, and so does ``dp``. In eval mode
@@ -99,7 +100,7 @@ def dp(
     steps = local_steps if steps is None else _positive_int("steps", steps)
     _check_common(max_grad_norm, delta, accountant)
     sigma = _noise(noise_multiplier, target_epsilon, q, steps, delta, accountant)
-    model, module, params = _private_copy(client)
+    module, params = _private_copy(client)
     device = next(iter(params.values())).device
     seed = int(torch.randint(2**62, (1,), generator=client.generator))
     noise_generator = torch.Generator(device=device).manual_seed(seed)
@@ -120,10 +121,8 @@ def dp(
         gradients = {name: p.grad.detach().clone() for name, p in params.items()}
         first_loss = float(loss.detach())
     else:
-        from gradleak.threat.local_training import local_optimizer
-
         optimizer = _dp_optimizer(
-            local_optimizer(list(params.values()), client.local),
+            client.local.make_optimizer(list(params.values())),
             sigma,
             max_grad_norm,
             batch,
@@ -145,7 +144,6 @@ def dp(
             name: (server[name].detach() - p.detach()).clone() for name, p in params.items()
         }
         first_loss = losses[0]
-    del model
     all_norms = torch.cat(norms)
     facts = {
         "epsilon": dp_epsilon(sigma, q, steps, delta, accountant),
@@ -225,7 +223,7 @@ def _opacus():
 
 def _private_copy(client: ClientBatch):
     """A deep copy of the client's model in its mode, eval-mode BatchNorm made Opacus-ready,
-    wrapped in Opacus's GradSampleModule; and the copy's parameters by name (in ``.net``)."""
+    wrapped in Opacus's GradSampleModule, and the copy's parameters by name (in ``.net``)."""
     from opacus import GradSampleModule
 
     model = copy.deepcopy(client.model)
@@ -260,7 +258,7 @@ def _private_copy(client: ClientBatch):
     frozen = [name for name, p in params.items() if not p.requires_grad]
     if frozen:
         raise GradleakError(f"dp: parameters {frozen[:3]} do not require gradients")
-    return model, module, params
+    return module, params
 
 
 def _backward(loss: torch.Tensor) -> None:

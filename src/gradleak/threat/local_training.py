@@ -98,6 +98,17 @@ class LocalTraining:
                 steps.append(perm[k * self.batch_size : (k + 1) * self.batch_size])
         return steps[: self.num_steps(n_images)]
 
+    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """The client's real torch optimizer over ``params`` (SGD, heavy-ball SGD or Adam)."""
+        if self.optimizer == "adam":
+            return torch.optim.Adam(
+                params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
+            )
+        momentum = self.momentum if self.optimizer == "momentum" else 0.0
+        return torch.optim.SGD(
+            params, lr=self.lr, momentum=momentum, weight_decay=self.weight_decay
+        )
+
     def as_dict(self) -> dict:
         facts = dataclasses.asdict(self)
         facts["betas"] = list(self.betas)
@@ -128,7 +139,7 @@ def train_locally(
 
     ``loss_of(images, labels)`` is the client's loss (it calls the model). Returns the losses.
     """
-    optimizer = local_optimizer(list(net.parameters()), training)
+    optimizer = training.make_optimizer(list(net.parameters()))
     losses = []
     for indices in order:
         index = torch.tensor(indices, device=images.device)
@@ -138,22 +149,6 @@ def train_locally(
         optimizer.step()
         losses.append(float(loss.detach()))
     return losses
-
-
-def local_optimizer(params: list[nn.Parameter], training: LocalTraining) -> torch.optim.Optimizer:
-    """The client's real torch optimizer over ``params`` (SGD, heavy-ball SGD or Adam)."""
-    if training.optimizer == "adam":
-        return torch.optim.Adam(
-            params,
-            lr=training.lr,
-            betas=training.betas,
-            eps=training.eps,
-            weight_decay=training.weight_decay,
-        )
-    momentum = training.momentum if training.optimizer == "momentum" else 0.0
-    return torch.optim.SGD(
-        params, lr=training.lr, momentum=momentum, weight_decay=training.weight_decay
-    )
 
 
 # ---------------------------------------------------------------------- the attacker's replay
