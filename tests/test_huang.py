@@ -288,7 +288,7 @@ def test_huang_preset_rows_and_overrides():
         "estimate_batch_size": True,
     }
     defended = [c for c in cases if c.observation.defenses]
-    assert {c.observation.defenses[0].name for c in defended} == {"prune", "noise"}
+    assert {c.observation.defenses[0].name for c in defended} == {"prune", "noise", "clip"}
     with pytest.raises(GradleakError, match="unknown defense"):
         list(experiment.cases(dataclasses.replace(settings, defenses=("bogus:x=1",))))
 

@@ -68,7 +68,7 @@ ROWS = (
     Assumptions("inverting_gradients", None),
     Assumptions("inverting_gradients", None, labels="recovered", batch_size="estimated"),
 )
-DEFENSES = ("prune:keep=0.3", "prune:keep=0.1", "noise:sigma=0.01")
+DEFENSES = ("prune:keep=0.1", "noise:sigma=0.01", "clip:max_norm=1")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class HuangSettings:
         data, model, weights: the private images and the attacked (trained) model.
         n_images: the first ``n_images`` images with distinct labels: each attacked alone, and
             together as batches of each size in ``batch_sizes`` larger than 1.
+        max_batches: at most this many batches of each size (None: all).
         rows: the assumption rows, each attacked without a defense.
         defenses: defense spec strings (``"prune:keep=0.1"``, ``"noise:sigma=0.01"``, ...,
             several joined by ``+``), each applied to the observation attacked by ``defended``.
@@ -92,6 +93,7 @@ class HuangSettings:
     weights: str = "pretrained"
     n_images: int = 4
     batch_sizes: tuple[int, ...] = (1, 4)
+    max_batches: int | None = None
     rows: tuple[Assumptions, ...] = ROWS
     defenses: tuple[str, ...] = DEFENSES
     defended: Assumptions = ROWS[0]
@@ -132,6 +134,7 @@ def _grid(row: Assumptions, s: HuangSettings, defense: str | None) -> Grid:
         defenses=(defenses,),
         seeds=s.seeds,
         n_images=s.n_images,
+        max_batches=s.max_batches,
         one_per_class=True,
         knows_labels=row.labels == "known",
         knows_batch_size=row.batch_size == "known",
@@ -161,9 +164,7 @@ def cases(s: HuangSettings):
 
 def _description(s: HuangSettings) -> str:
     variants = len(s.rows) + len(s.defenses)
-    singles = s.n_images if 1 in s.batch_sizes else 0
-    batches = [b for b in s.batch_sizes if b > 1]
-    per_variant = singles + sum(s.n_images // b for b in batches)
+    per_variant = sum(min(s.n_images // b, s.max_batches or s.n_images) for b in s.batch_sizes)
     return (
         "Huang et al. (NeurIPS 2021): GradInversion and Inverting Gradients vs the attacker's "
         "assumptions (BN statistics exact / proxy / inferred, labels known / recovered, batch "
