@@ -21,6 +21,7 @@ Install with ``pip install "gradleak[dp]"``.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from numbers import Integral, Real
@@ -172,8 +173,14 @@ def dp_epsilon(
         raise GradleakError(f"dp: noise_multiplier must be >= 0, got {noise_multiplier}")
     if noise_multiplier == 0:
         return math.inf
+    return _epsilon(float(noise_multiplier), float(sample_rate), int(steps), delta, accountant)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(sigma: float, q: float, steps: int, delta: float, accountant: str) -> float:
+    """Opacus's accountant, memoized: every step of a training asks the same (0.45 s each)."""
     accounting = _opacus().accountants.create_accountant(accountant)
-    accounting.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
+    accounting.history = [(sigma, q, steps)]
     return float(accounting.get_epsilon(delta=delta))
 
 
