@@ -8,8 +8,7 @@ The representation ``r`` is the input of the fully-connected layer after the fea
 its weight gradient is ``dL/dW = sum_b delta_b r_b^T / B``, from which ``r`` (and through it the
 image) leaks. Soteria perturbs ``r`` where the image changes most per unit of perturbation:
 removing ``r_i`` moves the reconstruction by about ``||r_i (dr_i/dX)^-1||`` (the paper's
-perturbation objective),
-which the official code approximates (its README) by the per-feature criterion
+perturbation objective), which the official code approximates (its README) by the criterion
 
     c_i = ||r_i|| / ||d r_i / d X||,
 
