@@ -20,6 +20,7 @@ Install with ``pip install "gradleak[dp]"``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -181,7 +182,17 @@ def _epsilon(sigma: float, q: float, steps: int, delta: float, accountant: str) 
     """Opacus's accountant, memoized: every step of a training asks the same (0.45 s each)."""
     accounting = _opacus().accountants.create_accountant(accountant)
     accounting.history = [(sigma, q, steps)]
-    return float(accounting.get_epsilon(delta=delta))
+    with _quiet_accountant():
+        return float(accounting.get_epsilon(delta=delta))
+
+
+@contextlib.contextmanager
+def _quiet_accountant():
+    """Opacus's RDP accountant warns whenever its best order is the largest one it tries (a
+    weak-privacy setting): the epsilon it returns is still a valid bound."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        yield
 
 
 def noise_for_epsilon(
@@ -196,18 +207,25 @@ def noise_for_epsilon(
     _check_accounting(sample_rate, steps, delta, accountant)
     if not (isinstance(epsilon, Real) and 0 < epsilon < math.inf):
         raise GradleakError(f"dp: epsilon must be a positive number, got {epsilon}")
+    return _sigma_for(float(epsilon), float(sample_rate), int(steps), float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=256)
+def _sigma_for(epsilon: float, sample_rate: float, steps: int, delta: float, accountant: str):
+    """:func:`noise_for_epsilon` after its checks, memoized (a training asks it every step)."""
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
-        return float(
-            get_noise_multiplier(
-                target_epsilon=epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=int(steps),
-                accountant=accountant,
+        with _quiet_accountant():
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=epsilon,
+                    target_delta=delta,
+                    sample_rate=sample_rate,
+                    steps=int(steps),
+                    accountant=accountant,
+                )
             )
-        )
     except ValueError as err:
         raise GradleakError(
             f"dp: no noise multiplier reaches epsilon {epsilon} at delta {delta} ({err})"

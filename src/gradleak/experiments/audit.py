@@ -22,8 +22,12 @@ then the report; a rerun skips what is finished.
 from __future__ import annotations
 
 import dataclasses
+import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from gradleak.errors import GradleakError
 from gradleak.experiments.grid import Grid, grid_cases
@@ -34,6 +38,7 @@ from gradleak.experiments.spec import (
     RunOptions,
 )
 from gradleak.experiments.sweep import read_toml, sweep_experiment
+from gradleak.report.audit import is_number, mean_of, median_of
 
 #: The analyses every audit adds to the attacks: labels read off the gradient, batch size inferred.
 LABELS_VARIANT = "labels recovered"
@@ -115,14 +120,13 @@ def run_audit(
     """Run the audit into ``out``: the attack cases, each defense's accuracy, then
     ``out/report.html``; returns the report's path. Interrupted, what finished is kept."""
     from gradleak.experiments.runner import run_experiment
-    from gradleak.report.audit import write_audit_report
 
     options = options or RunOptions()
     out = Path(out)
     results = run_experiment(audit_experiment(audit), out, options, progress=progress)
     grid = options.apply(audit.grid, "audit")
     accuracy = measure_utility(audit, grid, out, progress) if audit.utility.enabled else {}
-    return write_audit_report(out, audit, grid, results, accuracy)
+    return write_report(out, audit, grid, results, accuracy)
 
 
 def measure_utility(audit: Audit, grid: Grid, out: Path, progress=None) -> dict[str, dict]:
@@ -164,6 +168,210 @@ def _budget(settings: UtilitySettings, bn_mode: str, where: str):
         raise GradleakError(f"{where}: {err}") from None
 
 
+def audit_verdicts(out: Path, audit: Audit, grid: Grid, results: dict, accuracy: dict):
+    """The report's content: its setup line and one verdict per defense of ``grid`` (see
+    :func:`gradleak.report.audit.write_audit_report` for the verdict's keys)."""
+    out = Path(out)
+    cases = {case.id: case for case in grid_cases(grid)}
+    records = [r for r in results.get("cases", []) if r.get("id") in cases]
+    if not records:
+        raise GradleakError(f"{out} holds no finished case of this audit to report on")
+    verdicts = []
+    for defenses in grid.defenses:
+        label = " + ".join(d.label for d in defenses) or "none"
+        mine = [r for r in records if r.get("defense") == label]
+        analyses = (LABELS_VARIANT, BATCH_SIZE_VARIANT)
+        verdicts.append(
+            _verdict(
+                label,
+                [r for r in mine if r.get("variant") not in analyses],
+                [r for r in mine if r.get("variant") == LABELS_VARIANT],
+                [r for r in mine if r.get("variant") == BATCH_SIZE_VARIANT],
+                accuracy.get(label),
+                accuracy.get("none"),
+                audit.margin_db,
+                BASELINES,
+                cases,
+                out,
+            )
+        )
+    return _setup_line(grid, records, cases), verdicts
+
+
+def write_report(out: Path, audit: Audit, grid: Grid, results: dict, accuracy: dict) -> Path:
+    """``out/report.html`` for the audit's finished cases and accuracies."""
+    from gradleak.records import json_safe
+    from gradleak.report.audit import write_audit_report
+
+    setup, verdicts = audit_verdicts(out, audit, grid, results, accuracy)
+    budget = next((v.get("budget") for v in accuracy.values() if isinstance(v, dict)), None)
+    settings = [("The audit file:", audit.source)]
+    settings.append(("Utility measurement:", _json(dataclasses.asdict(audit.utility))))
+    if budget:
+        settings.append(("Its training budget:", _json(budget)))
+    settings += [
+        ("The grid that ran:", _json(results.get("settings"))),
+        ("Versions:", _json(json_safe(results.get("versions")))),
+    ]
+    return write_audit_report(
+        Path(out) / "report.html",
+        title=audit.title,
+        setup=setup,
+        verdicts=verdicts,
+        margin_db=audit.margin_db,
+        settings=settings,
+    )
+
+
+def _json(value) -> str:
+    from gradleak.records import json_safe
+
+    return json.dumps(json_safe(value), indent=1)
+
+
+def _verdict(
+    label, attacks, label_runs, size_runs, utility, clean, margin, baselines, cases, out
+) -> dict:
+    by_variant: dict[str, list[dict]] = {}
+    for record in attacks:
+        by_variant.setdefault(record["variant"], []).append(record)
+    rows = []
+    for variant, runs in by_variant.items():
+        done = [r for r in runs if r.get("status") == "done" and is_number(r.get("psnr"))]
+        reasons = sorted({r.get("error") or r.get("status") for r in runs if r not in done})
+        rows.append(
+            {
+                "variant": variant,
+                "attack": runs[0].get("attack"),
+                "psnr": median_of(r["psnr"] for r in done),
+                "ssim": median_of(r.get("ssim") for r in done),
+                "label_accuracy": median_of(r.get("label_accuracy") for r in done),
+                "done": done,
+                "not_run": reasons,
+            }
+        )
+    reference = next(
+        (r for name in baselines for r in rows if r["attack"] == name and r["psnr"] is not None),
+        None,
+    )
+    baseline = reference["psnr"] if reference else _gray_psnr(attacks, cases)
+    contenders = [r for r in rows if r is not reference and r["psnr"] is not None]
+    best = max(contenders, key=lambda r: r["psnr"], default=None)
+    leaks = best is not None and baseline is not None and best["psnr"] > baseline + margin
+    verdict = {
+        "defense": label,
+        "rows": rows,
+        "best": best,
+        "baseline": baseline,
+        "baseline_name": reference["variant"] if reference else "gray 0.5 (computed)",
+        "leaks": leaks,
+        "labels": mean_of(r.get("label_accuracy") for r in label_runs),
+        "batch_sizes": [
+            (r.get("estimate"), len(r.get("images") or [])) for r in size_runs if "estimate" in r
+        ],
+        "accuracy": (utility or {}).get("accuracy"),
+        "accuracy_drop": (
+            None
+            if not utility or not clean
+            else float(clean["accuracy"]) - float(utility["accuracy"])
+        ),
+        "facts": _defense_facts(attacks, cases),
+        "training_epsilon": (utility or {}).get("epsilon"),
+    }
+    verdict["pictures"] = _pictures(best, cases, out) if best else {}
+    return verdict
+
+
+def _defense_facts(records: list[dict], cases: dict) -> list[dict]:
+    """The observed step's defense records (e.g. DP's epsilon), from one of its cases."""
+    from gradleak.experiments import build
+
+    for record in records:
+        case = cases.get(record["id"])
+        if case is None:
+            continue
+        try:
+            observation, _ = build.observation(case.observation, case.seed)
+        except GradleakError:
+            return []
+        return list(observation.defense.get("applied", []))
+    return []
+
+
+def _gray_psnr(records: list[dict], cases: dict) -> float | None:
+    """PSNR of flat gray images against the private images (when no baseline attack ran)."""
+    from gradleak.experiments import build
+    from gradleak.metrics import psnr
+
+    values = []
+    seen = set()
+    for record in records:
+        case = cases.get(record["id"])
+        if case is None or case.observation in seen:
+            continue
+        seen.add(case.observation)
+        truth = build.truth(case.observation)
+        if truth is not None:
+            values += psnr(torch.full_like(truth, 0.5), truth).tolist()
+    return statistics.median(values) if values else None
+
+
+def _pictures(best: dict, cases: dict, out: Path) -> dict:
+    """The truth above the best attack's reconstructions (PNG) and its best case's GIF."""
+    from gradleak.attacks import load_reconstruction
+    from gradleak.experiments import build
+    from gradleak.report.figures import image_grid
+
+    truths, recs = [], []
+    for record in best["done"]:
+        files = record.get("files") or {}
+        case = cases.get(record["id"])
+        if "reconstruction" not in files or case is None:
+            continue
+        truth = build.truth(case.observation)
+        if truth is None:
+            continue
+        reconstruction = load_reconstruction(out / files["reconstruction"])
+        order = record.get("order") or list(range(len(reconstruction.images)))
+        truths.append(truth)
+        recs.append(reconstruction.images[order])
+    pictures: dict = {}
+    if truths and all(t.shape[1:] == truths[0].shape[1:] for t in truths):
+        pictures["grid"] = image_grid([torch.cat(truths), torch.cat(recs)], scale=3)
+    top = max(best["done"], key=lambda r: r["psnr"])
+    gif = (top.get("files") or {}).get("progress")
+    if gif and (out / gif).is_file():
+        pictures["gif"] = (out / gif).read_bytes()
+        pictures["gif_psnr"] = top["psnr"]
+    return pictures
+
+
+def _setup_line(grid, records: list[dict], cases: dict) -> str:
+    from gradleak.experiments import build
+
+    observation = None
+    for record in records:
+        case = cases.get(record["id"])
+        if case is not None:
+            try:
+                observation, _ = build.observation(case.observation, case.seed)
+            except GradleakError:
+                continue
+            break
+    models = ", ".join(m.name + (f" ({m.weights} weights)" if m.weights else "") for m in
+                       grid.models)  # fmt: skip
+    seen = observation.describe() if observation is not None else "(no observation)"
+    knows = [
+        "labels" if grid.knows_labels else None,
+        "batch size" if grid.knows_batch_size else None,
+    ]
+    known = ", ".join(k for k in knows if k) or "neither labels nor batch size"
+    return (
+        f"Model {models}; private images {grid.data} ({grid.image_size}x{grid.image_size}); "
+        f"the server sees {seen}; it knows: {known}; seeds {list(grid.seeds)}."
+    )
+
+
 def _table(table, keys: dict, where: str) -> dict:
     if not isinstance(table, dict):
         raise GradleakError(f"{where} must be a table")
@@ -178,4 +386,12 @@ def _table(table, keys: dict, where: str) -> dict:
     return table
 
 
-__all__ = ["Audit", "UtilitySettings", "audit_experiment", "load_audit", "run_audit"]
+__all__ = [
+    "Audit",
+    "UtilitySettings",
+    "audit_experiment",
+    "audit_verdicts",
+    "load_audit",
+    "run_audit",
+    "write_report",
+]

@@ -12,13 +12,8 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import statistics
 from pathlib import Path
-
-import torch
-
-from gradleak.errors import GradleakError
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
@@ -43,180 +38,52 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-def write_audit_report(out: Path, audit, grid, results: dict, accuracy: dict) -> Path:
-    """Write ``out/report.html`` for an audit's results (see the module docstring)."""
-    from gradleak.experiments.audit import BASELINES, BATCH_SIZE_VARIANT, LABELS_VARIANT
-    from gradleak.experiments.grid import grid_cases
+def write_audit_report(
+    path: Path,
+    *,
+    title: str,
+    setup: str,
+    verdicts: list[dict],
+    margin_db: float,
+    settings: list[tuple[str, str]],
+) -> Path:
+    """Write the report to ``path`` (atomically) and return it.
 
-    out = Path(out)
-    cases = {case.id: case for case in grid_cases(grid)}
-    records = [r for r in results.get("cases", []) if r.get("id") in cases]
-    if not records:
-        raise GradleakError(f"{out} holds no finished case of this audit to report on")
-    labels = [" + ".join(d.label for d in ds) or "none" for ds in grid.defenses]
-    verdicts = []
-    for label in labels:
-        mine = [r for r in records if r.get("defense") == label]
-        attacks = [r for r in mine if r.get("variant") not in (LABELS_VARIANT, BATCH_SIZE_VARIANT)]
-        verdicts.append(
-            _verdict(
-                label,
-                attacks,
-                [r for r in mine if r.get("variant") == LABELS_VARIANT],
-                [r for r in mine if r.get("variant") == BATCH_SIZE_VARIANT],
-                accuracy.get(label),
-                accuracy.get("none"),
-                audit.margin_db,
-                BASELINES,
-                cases,
-                out,
-            )
-        )
+    Args:
+        title, setup: the page's title and the one-line setup under it.
+        verdicts: one dict per defense (:func:`gradleak.experiments.audit.audit_verdicts`):
+            ``defense``, ``rows`` (per attack: variant, attack, psnr, ssim, label_accuracy,
+            done, not_run), ``best``, ``baseline``, ``baseline_name``, ``leaks``, ``labels``,
+            ``batch_sizes``, ``accuracy``, ``accuracy_drop``, ``facts``, ``training_epsilon``
+            and ``pictures`` (``grid``: an RGB uint8 array, ``gif``: GIF bytes, ``gif_psnr``).
+        margin_db: dB over the baseline from which an attack counts as leaking.
+        settings: ``(caption, text)`` pairs shown verbatim at the end (the audit file, budgets,
+            versions).
+    """
     body = [
-        f"<h1>gradleak audit: {_e(audit.title)}</h1>",
-        f"<p class=muted>{_e(_setup_line(grid, records, cases))}</p>",
+        f"<h1>gradleak audit: {_e(title)}</h1>",
+        f"<p class=muted>{_e(setup)}</p>",
         "<h2>Verdict per defense</h2>",
-        _verdict_table(verdicts, audit.margin_db),
+        _verdict_table(verdicts, margin_db),
         _tradeoff_figure(verdicts),
         "<h2>What each defense lets through</h2>",
         *(_defense_section(v) for v in verdicts),
         "<h2>Every attack, every defense</h2>",
         _summary_table(verdicts),
         "<h2>Settings and versions</h2>",
-        _settings(audit, grid, results, accuracy),
+        *(f"<p>{_e(caption)}</p><pre>{_e(text)}</pre>" for caption, text in settings),
     ]
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f"<title>gradleak audit: {_e(audit.title)}</title>"
+        f"<title>gradleak audit: {_e(title)}</title>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
         f"<style>{STYLE}</style></head><body>{''.join(body)}{CHECK_SCRIPT}</body></html>"
     )
-    path = out / "report.html"
-    tmp = path.with_name(".report.html.tmp")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)  # atomic: a reader never sees half a report
     return path
-
-
-# ---------------------------------------------------------------------- per defense
-def _verdict(
-    label, attacks, label_runs, size_runs, utility, clean, margin, baselines, cases, out
-) -> dict:
-    by_variant: dict[str, list[dict]] = {}
-    for record in attacks:
-        by_variant.setdefault(record["variant"], []).append(record)
-    rows = []
-    for variant, runs in by_variant.items():
-        done = [r for r in runs if r.get("status") == "done" and _number(r.get("psnr"))]
-        reasons = sorted({r.get("error") or r.get("status") for r in runs if r not in done})
-        rows.append(
-            {
-                "variant": variant,
-                "attack": runs[0].get("attack"),
-                "psnr": _median(r["psnr"] for r in done),
-                "ssim": _median(r.get("ssim") for r in done),
-                "label_accuracy": _median(r.get("label_accuracy") for r in done),
-                "done": done,
-                "not_run": reasons,
-            }
-        )
-    reference = next(
-        (r for name in baselines for r in rows if r["attack"] == name and r["psnr"] is not None),
-        None,
-    )
-    baseline = reference["psnr"] if reference else _gray_psnr(attacks, cases)
-    contenders = [r for r in rows if r is not reference and r["psnr"] is not None]
-    best = max(contenders, key=lambda r: r["psnr"], default=None)
-    leaks = best is not None and baseline is not None and best["psnr"] > baseline + margin
-    verdict = {
-        "defense": label,
-        "rows": rows,
-        "best": best,
-        "baseline": baseline,
-        "baseline_name": reference["variant"] if reference else "gray 0.5 (computed)",
-        "leaks": leaks,
-        "labels": _mean(r.get("label_accuracy") for r in label_runs),
-        "batch_sizes": [
-            (r.get("estimate"), len(r.get("images") or [])) for r in size_runs if "estimate" in r
-        ],
-        "accuracy": (utility or {}).get("accuracy"),
-        "accuracy_drop": (
-            None
-            if not utility or not clean
-            else float(clean["accuracy"]) - float(utility["accuracy"])
-        ),
-        "facts": _defense_facts(attacks, cases),
-        "training_epsilon": (utility or {}).get("epsilon"),
-    }
-    verdict["pictures"] = _pictures(best, cases, out) if best else {}
-    return verdict
-
-
-def _defense_facts(records: list[dict], cases: dict) -> list[dict]:
-    """The observed step's defense records (e.g. DP's epsilon), from one of its cases."""
-    from gradleak.experiments import build
-
-    for record in records:
-        case = cases.get(record["id"])
-        if case is None:
-            continue
-        try:
-            observation, _ = build.observation(case.observation, case.seed)
-        except GradleakError:
-            return []
-        return list(observation.defense.get("applied", []))
-    return []
-
-
-def _gray_psnr(records: list[dict], cases: dict) -> float | None:
-    """PSNR of flat gray images against the private images (when no baseline attack ran)."""
-    from gradleak.experiments import build
-    from gradleak.metrics import psnr
-
-    values = []
-    seen = set()
-    for record in records:
-        case = cases.get(record["id"])
-        if case is None or case.observation in seen:
-            continue
-        seen.add(case.observation)
-        truth = build.truth(case.observation)
-        if truth is not None:
-            values += psnr(torch.full_like(truth, 0.5), truth).tolist()
-    return statistics.median(values) if values else None
-
-
-def _pictures(best: dict, cases: dict, out: Path) -> dict:
-    """The truth above the best attack's reconstructions (PNG) and its best case's GIF."""
-    from gradleak.attacks import load_reconstruction
-    from gradleak.experiments import build
-    from gradleak.report.figures import image_grid
-
-    truths, recs = [], []
-    for record in best["done"]:
-        files = record.get("files") or {}
-        case = cases.get(record["id"])
-        if "reconstruction" not in files or case is None:
-            continue
-        truth = build.truth(case.observation)
-        if truth is None:
-            continue
-        reconstruction = load_reconstruction(out / files["reconstruction"])
-        order = record.get("order") or list(range(len(reconstruction.images)))
-        truths.append(truth)
-        recs.append(reconstruction.images[order])
-    pictures = {}
-    if truths and all(t.shape[1:] == truths[0].shape[1:] for t in truths):
-        grid = image_grid([torch.cat(truths), torch.cat(recs)], scale=3)
-        pictures["grid"] = _png_uri(grid)
-    top = max(best["done"], key=lambda r: r["psnr"])
-    gif = (top.get("files") or {}).get("progress")
-    if gif and (out / gif).is_file():
-        pictures["gif"] = "data:image/gif;base64," + base64.b64encode(
-            (out / gif).read_bytes()
-        ).decode("ascii")
-        pictures["gif_psnr"] = top["psnr"]
-    return pictures
 
 
 # ---------------------------------------------------------------------- page parts
@@ -316,12 +183,12 @@ def _defense_section(v: dict) -> str:
     if "grid" in pictures:
         parts.append(
             "<figure><img alt='truth (top) and best reconstruction (bottom)' "
-            f"src='{pictures['grid']}'><figcaption class=muted>top: the client's private "
+            f"src='{_png_uri(pictures['grid'])}'><figcaption class=muted>top: the client's private "
             f"images; bottom: {_e(best['variant'])}'s reconstructions</figcaption></figure>"
         )
     if "gif" in pictures:
         parts.append(
-            f"<figure><img alt='optimization of the best case' src='{pictures['gif']}'>"
+            f"<figure><img alt='optimization of the best case' src='{_gif_uri(pictures['gif'])}'>"
             f"<figcaption class=muted>the best case's optimization "
             f"({_f(pictures['gif_psnr'], 1)} dB)</figcaption></figure>"
         )
@@ -350,55 +217,11 @@ def _summary_table(verdicts: list[dict]) -> str:
     return "".join(rows) + "</table>"
 
 
-def _settings(audit, grid, results: dict, accuracy: dict) -> str:
-    import dataclasses
-
-    from gradleak.records import json_safe
-
-    utility = dataclasses.asdict(audit.utility)
-    budgets = next((v.get("budget") for v in accuracy.values() if isinstance(v, dict)), None)
-    return (
-        "<p>The audit file:</p>"
-        f"<pre>{_e(audit.source)}</pre>"
-        f"<p>Utility measurement:</p><pre>{_e(json.dumps(json_safe(utility), indent=1))}</pre>"
-        + (
-            f"<p>Its training budget:</p><pre>{_e(json.dumps(json_safe(budgets), indent=1))}</pre>"
-            if budgets
-            else ""
-        )
-        + f"<p>The grid that ran:</p><pre>{_e(json.dumps(results.get('settings'), indent=1))}"
-        "</pre>"
-        f"<p>Versions:</p><pre>{_e(json.dumps(results.get('versions'), indent=1))}</pre>"
-    )
-
-
-def _setup_line(grid, records: list[dict], cases: dict) -> str:
-    from gradleak.experiments import build
-
-    observation = None
-    for record in records:
-        case = cases.get(record["id"])
-        if case is not None:
-            try:
-                observation, _ = build.observation(case.observation, case.seed)
-            except GradleakError:
-                continue
-            break
-    models = ", ".join(m.name + (f" ({m.weights} weights)" if m.weights else "") for m in
-                       grid.models)  # fmt: skip
-    seen = observation.describe() if observation is not None else "(no observation)"
-    knows = [
-        "labels" if grid.knows_labels else None,
-        "batch size" if grid.knows_batch_size else None,
-    ]
-    known = ", ".join(k for k in knows if k) or "neither labels nor batch size"
-    return (
-        f"Model {models}; private images {grid.data} ({grid.image_size}x{grid.image_size}); "
-        f"the server sees {seen}; it knows: {known}; seeds {list(grid.seeds)}."
-    )
-
-
 # ---------------------------------------------------------------------- formatting
+def _gif_uri(data: bytes) -> str:
+    return "data:image/gif;base64," + base64.b64encode(data).decode("ascii")
+
+
 def _png_uri(array) -> str:
     import imageio.v3 as iio
 
@@ -410,28 +233,28 @@ def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, int | float) and value == value
 
 
-def _median(values) -> float | None:
-    kept = [float(v) for v in values if _number(v)]
+def median_of(values) -> float | None:
+    kept = [float(v) for v in values if is_number(v)]
     return statistics.median(kept) if kept else None
 
 
-def _mean(values) -> float | None:
-    kept = [float(v) for v in values if _number(v)]
+def mean_of(values) -> float | None:
+    kept = [float(v) for v in values if is_number(v)]
     return sum(kept) / len(kept) if kept else None
 
 
 def _f(value, digits: int) -> str:
-    if not _number(value):
+    if not is_number(value):
         return "-"
     return "inf" if value == float("inf") else f"{value:.{digits}f}"
 
 
 def _percent(value) -> str:
-    return "-" if not _number(value) else f"{100 * value:.0f} %"
+    return "-" if not is_number(value) else f"{100 * value:.0f} %"
 
 
 def _accuracy(v: dict) -> str:
@@ -455,7 +278,7 @@ def _facts(v: dict) -> str:
     for record in v["facts"] or []:
         if "epsilon" in record:
             shown.append(f"epsilon {record['epsilon']:.3g} (delta {record.get('delta', '?')})")
-    if _number(v["training_epsilon"]):
+    if is_number(v["training_epsilon"]):
         shown.append(f"training epsilon {v['training_epsilon']:.3g}")
     return "; ".join(shown) or "-"
 
