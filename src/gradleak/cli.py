@@ -355,6 +355,11 @@ def observe(
     hide_batch_size: bool = typer.Option(
         False, "--hide-batch-size", help="Server does not know the batch size."
     ),
+    knows_bn_statistics: bool = typer.Option(
+        False,
+        "--knows-bn-statistics",
+        help="Server is given the batch's BatchNorm statistics (Huang et al.'s BN_exact).",
+    ),
     seed: int = typer.Option(0, help="Seed of the model's initialization."),
     local_steps: int = typer.Option(
         None, "--local-steps", min=1, help="FedAvg: K local optimizer steps (an update)."
@@ -451,6 +456,7 @@ def observe(
         bn_mode=bn_mode,
         knows_labels=not hide_labels,
         knows_batch_size=not hide_batch_size,
+        knows_bn_statistics=knows_bn_statistics,
         ids=batch.ids,
         metadata={"source": batch.source, "seed": seed},
         local=local,
