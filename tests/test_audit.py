@@ -26,11 +26,11 @@ seeds = [0]
 [grid]
 model = ["lenet"]
 batch_size = [1]
-attack = ["inverting_gradients", "mean_image"]
+attack = ["idlg", "mean_image"]
 defense = ["none", "prune:keep=0.01"]
 
-[attacks.inverting_gradients]
-iterations = 60
+[attacks.idlg]
+iterations = 25
 
 [utility]
 n_train = 400
@@ -64,13 +64,13 @@ def test_audit_report_states_a_verdict_and_the_cost_per_defense(audited):
     accuracies = sorted(r["accuracy"] for r in utility.values())
     assert all(0.0 <= a <= 1.0 for a in accuracies)
     # Every finished attack case is reported; nothing refers to files outside the page.
-    attacked = [r for r in results["cases"] if r.get("attack") == "inverting_gradients"]
+    attacked = [r for r in results["cases"] if r.get("attack") == "idlg"]
     assert attacked and all(r["status"] == "done" for r in attacked)
     assert "src='data:image/png;base64," in text and "data:image/gif;base64," in text
     assert not re.search(r"""(src|href)=['"](?!data:)""", text)
     for label in ("none", "prune keep=0.01"):
         assert f"<td>{label}</td>" in text
-    # No defense: Inverting Gradients on LeNet, one image, clearly beats the mean image.
+    # No defense: iDLG on LeNet, one image, clearly beats the mean image.
     clean = [r for r in attacked if r["defense"] == "none"]
     baseline = [r for r in results["cases"] if r.get("attack") == "mean_image"]
     assert min(r["psnr"] for r in clean) > max(r["psnr"] for r in baseline) + 3
