@@ -167,21 +167,25 @@ def _fmt(value, pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
 
 
+@contextmanager
+def _resumable(kept: str):
+    """Ctrl-C inside: say what was kept and exit with 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: {kept}; run the same command again to resume")
+        sys.exit(130)
+
+
 def _execute(experiment, out: Path, options) -> dict:
     """Run ``experiment`` into ``out`` with progress, print its table; say what was kept when
     interrupted."""
     from gradleak.experiments.runner import run_experiment
 
     console.print(f"[bold]{experiment.name}[/]: {experiment.description}", highlight=False)
-    try:
-        with _progress() as progress:
-            results = run_experiment(experiment, out, options, progress=progress)
-    except KeyboardInterrupt:
-        err_console.print(
-            f"interrupted: every finished case is kept in {out} (results.json, cases/); "
-            "run the same command again to resume"
-        )
-        sys.exit(130)
+    kept = f"every finished case is kept in {out} (results.json, cases/)"
+    with _resumable(kept), _progress() as progress:
+        results = run_experiment(experiment, out, options, progress=progress)
     _print_results(results)
     written = ("results.json", "results.csv", "table.md", "overview.png", "summary.png")
     console.print("written: " + ", ".join(str(out / n) for n in written if (out / n).exists()))
@@ -298,15 +302,9 @@ def audit(
         device=device,
     )  # fmt: skip
     console.print(f"[bold]audit[/]: {setup.title}", highlight=False)
-    try:
-        with _progress() as progress:
-            report = run_audit(setup, out, options, progress=progress)
-    except KeyboardInterrupt:
-        err_console.print(
-            f"interrupted: finished cases and accuracies are kept in {out} (cases/, "
-            "utility.json); run the same command again to resume"
-        )
-        sys.exit(130)
+    kept = f"finished cases and accuracies are kept in {out} (cases/, utility.json)"
+    with _resumable(kept), _progress() as progress:
+        report = run_audit(setup, out, options, progress=progress)
     console.print(f"report: {report}")
 
 
