@@ -438,7 +438,10 @@ def plot(results: dict, path: Path) -> None:
         style = "-" if part == "dp" else ""
         axis.plot(x, y, style + markers[part], label=part, markersize=9 if part == "none" else 6)
         for r, xi, yi in zip(rows, x, y, strict=True):
-            text = f"ε={_f(r.get('epsilon'), 1)}" if part == "dp" else r["setting"]
+            eps = r.get("epsilon")  # None: no noise (clipping only), epsilon infinite
+            text = r["setting"]
+            if part == "dp":
+                text = f"ε={_f(eps, 1)}" if eps is not None else "ε=∞"
             if part != "none":
                 axis.annotate(text, (xi, yi), fontsize=7, xytext=(3, 3),
                               textcoords="offset points")  # fmt: skip
