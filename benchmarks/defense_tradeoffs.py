@@ -5,7 +5,7 @@ LeNet (seed 0) on CIFAR-10: the private images are the shared lossless ``test_fi
 hidden from the server). Per defense setting, the attacks run through the experiments framework
 (a :class:`gradleak.experiments.Grid` with ``defenses=``, :func:`run_experiment`, resumable under
 ``OUT/runs/defense_tradeoffs/<part>``) and the accuracy comes from
-:func:`gradleak.defenses.utility.defense_accuracy`: LeNet trained for ``--train-steps`` plain
+:func:`gradleak.experiments.utility.defense_accuracy`: LeNet trained for ``--train-steps`` plain
 FedSGD steps of batch 32 on the auxiliary CIFAR-10 images (without near-copies of the private
 ones), tested on 1,000 held-out images, each step the same defended client step the attacks
 observe (resumable in ``OUT/runs/defense_tradeoffs/utility.json``).
@@ -47,10 +47,10 @@ from pathlib import Path
 import torch
 
 from gradleak.defenses import DEFENSES
-from gradleak.defenses.utility import UtilityBudget, UtilityStore, accounted, utility_split
 from gradleak.experiments import Experiment, Grid, RunOptions, build, run_experiment
 from gradleak.experiments.grid import grid_cases
 from gradleak.experiments.spec import AttackSpec, DefenseSpec, ImagesSpec, ModelSpec, as_items
+from gradleak.experiments.utility import UtilityBudget, UtilityStore, accounted, utility_split
 from gradleak.records import environment, write_json
 
 HERE = Path(__file__).resolve().parent

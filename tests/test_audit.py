@@ -80,7 +80,7 @@ def test_audit_report_states_a_verdict_and_the_cost_per_defense(audited):
 
 def test_an_audit_resumes_without_training_or_attacking_again(audited, monkeypatch):
     audit, report = audited
-    from gradleak.defenses import utility
+    from gradleak.experiments import utility
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished setting was trained again")

@@ -1,4 +1,4 @@
-"""What a defense costs in accuracy: gradleak.defenses.utility on LeNet and auxiliary CIFAR-10."""
+"""What a defense costs in accuracy: gradleak.experiments.utility, LeNet on auxiliary CIFAR-10."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 import pytest
 
 from gradleak.data.auxiliary import check_disjoint
-from gradleak.defenses import utility
-from gradleak.defenses.utility import (
+from gradleak.errors import GradleakError
+from gradleak.experiments import utility
+from gradleak.experiments.utility import (
     UtilityBudget,
     UtilityStore,
     accounted,
@@ -16,7 +17,6 @@ from gradleak.defenses.utility import (
     utility_key,
     utility_split,
 )
-from gradleak.errors import GradleakError
 from gradleak.models import build_model
 
 # Measured on this budget: LeNet reaches 0.198 on the 500 held-out images without defense and

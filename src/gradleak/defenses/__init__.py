@@ -3,7 +3,8 @@
 Every defense is registered with the stage it acts at (:mod:`.registry`): the data the client
 trains on, the computation of its step, or the update it sends. ``observe(..., defenses=...)``,
 ``gradleak observe --defense NAME[:key=value,...]``, sweeps (``defense = [...]``) and audits all
-name them the same way; :mod:`.utility` trains a model with them to measure what they cost.
+name them the same way; :mod:`gradleak.experiments.utility` trains a model with them to
+measure what they cost.
 
 - ``noise``, ``clip``, ``prune`` (:mod:`.update`): Gaussian noise, whole-update clipping, top-k
   pruning;

@@ -1,7 +1,7 @@
 """A client's step with its defenses: data defenses, then the step, then update defenses.
 
 :func:`defended_step` is the one place where defenses meet the client's computation; both
-:func:`gradleak.threat.observe` (what the server sees) and :mod:`gradleak.defenses.utility`
+:func:`gradleak.threat.observe` (what the server sees) and :mod:`gradleak.experiments.utility`
 (what the defense costs in accuracy) call it, so that the leak and the cost are measured on the
 same client.
 """

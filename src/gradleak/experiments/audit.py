@@ -10,7 +10,7 @@ their budgets) plus two tables::
     held_out = 500            # test images held out of them
     n_train = 5000            # at most this many training images
     steps = 300               # server steps on client batches defended like the observed one
-    batch_size = 32           # (and lr, optimizer, momentum, seed: gradleak.defenses.utility)
+    batch_size = 32           # (and lr, optimizer, momentum, seed: gradleak.experiments.utility)
     [audit]
     title = "LeNet, batch 1"
     margin_db = 3.0           # a defense "stops" the attacks when none beats the baseline by more
@@ -55,9 +55,9 @@ AUDIT_KEYS = {"title": str, "margin_db": float}
 
 @dataclass(frozen=True)
 class UtilitySettings:
-    """How each defense's accuracy is measured (:mod:`gradleak.defenses.utility`): training on
+    """How each defense's accuracy is measured (:mod:`gradleak.experiments.utility`): training on
     ``train`` (at most ``n_train`` images) minus ``held_out`` test images, with the
-    :class:`~gradleak.defenses.utility.UtilityBudget` fields given in ``budget`` (the others
+    :class:`~gradleak.experiments.utility.UtilityBudget` fields given in ``budget`` (the others
     keep their defaults)."""
 
     train: str = "cifar10:aux"
@@ -132,8 +132,8 @@ def run_audit(
 def measure_utility(audit: Audit, grid: Grid, out: Path, progress=None) -> dict[str, dict]:
     """The accuracy of the audit's model trained with each defense of the grid (one entry per
     defense label, ``"none"`` included), resumable in ``out/utility.json``."""
-    from gradleak.defenses.utility import UtilityStore, utility_split
     from gradleak.experiments import build
+    from gradleak.experiments.utility import UtilityStore, utility_split
 
     settings = audit.utility
     private = grid.images
@@ -160,7 +160,7 @@ def measure_utility(audit: Audit, grid: Grid, out: Path, progress=None) -> dict[
 
 
 def _budget(settings: UtilitySettings, bn_mode: str, where: str):
-    from gradleak.defenses.utility import UtilityBudget
+    from gradleak.experiments.utility import UtilityBudget
 
     try:
         return UtilityBudget(**dict(settings.budget), bn_mode=bn_mode).check()

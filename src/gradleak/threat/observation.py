@@ -442,7 +442,7 @@ def defended_client(
     model, client: ClientBatch, defenses, seed: int
 ) -> tuple[dict[str, torch.Tensor], float, list[dict]]:
     """One client's gradient or update with its defenses (:func:`defended_step`): what
-    :func:`observe` records and what :mod:`gradleak.defenses.utility` trains on."""
+    :func:`observe` records and what :mod:`gradleak.experiments.utility` trains on."""
 
     def compute(batch: ClientBatch):
         if batch.local is None:
