@@ -19,10 +19,11 @@ Records: ``observation.defense["applied"]`` lists each defense's name, parameter
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import torch
 
+# Defense modules register themselves on import (optional dependencies load inside them).
+from gradleak.defenses import dp, mixing, quantize, soteria, update  # noqa: F401
 from gradleak.defenses.client import ClientBatch, DefendedStep, defended_step
 from gradleak.defenses.registry import (
     DEFENSES,
@@ -33,14 +34,6 @@ from gradleak.defenses.registry import (
     register_defense,
 )
 from gradleak.errors import GradleakError
-
-# Defense modules register themselves on import; optional dependencies are imported lazily inside.
-for _module in ("update", "quantize", "soteria", "dp", "mixing"):
-    try:
-        importlib.import_module(f"gradleak.defenses.{_module}")
-    except ModuleNotFoundError as _err:  # a module not written yet
-        if _err.name != f"gradleak.defenses.{_module}":
-            raise
 
 
 def apply_defense(observation, name: str, **parameters):
@@ -61,7 +54,6 @@ def apply_defense(observation, name: str, **parameters):
         images=images if images is not None else torch.empty(0),
         targets=observation.labels if observation.labels is not None else torch.empty(0),
         bn_mode=observation.bn_mode,
-        partners=None,
     )
     step = defended_step(
         client,

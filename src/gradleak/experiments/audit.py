@@ -37,8 +37,9 @@ from gradleak.experiments.spec import (
     LabelsSpec,
     RunOptions,
 )
+from gradleak.experiments.store import summarize
 from gradleak.experiments.sweep import read_toml, sweep_experiment
-from gradleak.report.audit import is_number, mean_of, median_of
+from gradleak.report.audit import is_number
 
 #: The analyses every audit adds to the attacks: labels read off the gradient, batch size inferred.
 LABELS_VARIANT = "labels recovered"
@@ -200,7 +201,6 @@ def audit_verdicts(out: Path, audit: Audit, grid: Grid, results: dict, accuracy:
 
 def write_report(out: Path, audit: Audit, grid: Grid, results: dict, accuracy: dict) -> Path:
     """``out/report.html`` for the audit's finished cases and accuracies."""
-    from gradleak.records import json_safe
     from gradleak.report.audit import write_audit_report
 
     setup, verdicts = audit_verdicts(out, audit, grid, results, accuracy)
@@ -211,7 +211,7 @@ def write_report(out: Path, audit: Audit, grid: Grid, results: dict, accuracy: d
         settings.append(("Its training budget:", _json(budget)))
     settings += [
         ("The grid that ran:", _json(results.get("settings"))),
-        ("Versions:", _json(json_safe(results.get("versions")))),
+        ("Versions:", _json(results.get("versions"))),
     ]
     return write_audit_report(
         Path(out) / "report.html",
@@ -239,13 +239,14 @@ def _verdict(
     for variant, runs in by_variant.items():
         done = [r for r in runs if r.get("status") == "done" and is_number(r.get("psnr"))]
         reasons = sorted({r.get("error") or r.get("status") for r in runs if r not in done})
+        scores = summarize(done)
         rows.append(
             {
                 "variant": variant,
                 "attack": runs[0].get("attack"),
-                "psnr": median_of(r["psnr"] for r in done),
-                "ssim": median_of(r.get("ssim") for r in done),
-                "label_accuracy": median_of(r.get("label_accuracy") for r in done),
+                "psnr": scores["psnr_median"],
+                "ssim": scores["ssim_median"],
+                "label_accuracy": scores["label_accuracy"],
                 "done": done,
                 "not_run": reasons,
             }
@@ -265,7 +266,7 @@ def _verdict(
         "baseline": baseline,
         "baseline_name": reference["variant"] if reference else "gray 0.5 (computed)",
         "leaks": leaks,
-        "labels": mean_of(r.get("label_accuracy") for r in label_runs),
+        "labels": summarize(label_runs)["label_accuracy"],
         "batch_sizes": [
             (r.get("estimate"), len(r.get("images") or [])) for r in size_runs if "estimate" in r
         ],

@@ -237,16 +237,6 @@ def is_number(value) -> bool:
     return isinstance(value, int | float) and value == value
 
 
-def median_of(values) -> float | None:
-    kept = [float(v) for v in values if is_number(v)]
-    return statistics.median(kept) if kept else None
-
-
-def mean_of(values) -> float | None:
-    kept = [float(v) for v in values if is_number(v)]
-    return sum(kept) / len(kept) if kept else None
-
-
 def _f(value, digits: int) -> str:
     if not is_number(value):
         return "-"
