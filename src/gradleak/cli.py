@@ -1,5 +1,5 @@
-"""Command line: ``gradleak demo | run | sweep | audit | list | observe | attack | analyze |
-train-prior | train-inverter``.
+"""Command line: ``gradleak demo | run | sweep | audit | flower-audit | list | observe | attack |
+analyze | train-prior | train-inverter``, and ``python -m gradleak.flower.demo``.
 
 The CLI only parses, shows progress and prints tables; the work is done by the library, imported
 inside each command so that ``gradleak --help`` and ``gradleak list`` never import torch. Every
@@ -306,6 +306,79 @@ def audit(
     with _resumable(kept), _progress() as progress:
         report = run_audit(setup, out, options, progress=progress)
     console.print(f"report: {report}")
+
+
+@app.command("flower-audit")
+def flower_audit(
+    captures: Path = typer.Argument(
+        ..., help="Folder an AuditStrategy wrote (captures.json and observation files)."
+    ),
+    out: Path = typer.Option(..., help="Output folder: report.html, results.json, cases/."),
+    method: list[str] = typer.Option(
+        ["auto"], help="Attack to run on every update (repeatable; auto: the first that fits)."
+    ),
+    iterations: int = typer.Option(None, min=1, help="Steps of iterative attacks."),
+    seed: int = typer.Option(0, help="Seed of the attacks."),
+    model: str = typer.Option(None, help="Your own model's factory, when the clients train one."),
+    threads: int = _threads_option(),
+    device: str = _device_option(),
+) -> None:
+    """Attack the client updates a Flower federation's gradleak AuditStrategy captured and write
+    report.html (scores where .truth.safetensors files lie beside the updates; resumable)."""
+    from gradleak.flower.evaluation import attack_captures
+
+    options = _options(threads=threads, device=device)
+    kept = f"every finished case is kept in {out} (results.json, cases/)"
+    with _resumable(kept), _progress() as progress:
+        results = attack_captures(
+            captures, out, methods=tuple(method), iterations=iterations, seed=seed,
+            own_model=model, options=options, progress=progress,
+        )  # fmt: skip
+    _print_results(results)
+    console.print(f"report: {out / 'report.html'}")
+
+
+flower_demo_app = typer.Typer(add_completion=False)
+
+
+@flower_demo_app.command()
+def flower_demo(
+    out: Path = typer.Option(..., help="Output folder (captures/, results.json, report.html)."),
+    images: str = typer.Option("bundled", help=IMAGES_HELP),
+    clients: int = typer.Option(2, min=1, help="Simulated clients (Flower SuperNodes)."),
+    rounds: int = typer.Option(2, min=1, help="Federated rounds."),
+    local_steps: int = typer.Option(1, "--local-steps", min=1, help="Local SGD steps a round."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Local batch size."),
+    lr: float = typer.Option(0.01, help="Local learning rate."),
+    dp_client: list[int] = typer.Option(
+        [],
+        "--dp-client",
+        help="Client (partition id) whose updates go through Flower's LocalDpMod (repeatable).",
+    ),  # fmt: skip
+    dp_epsilon: float = typer.Option(1.0, "--dp-epsilon", help="LocalDpMod's epsilon."),
+    method: list[str] = typer.Option(["auto"], help="Attack per update (repeatable)."),
+    iterations: int = typer.Option(None, min=1, help="Steps of iterative attacks."),
+    seed: int = typer.Option(0, help="Seed of the model and the attacks."),
+    app_dir: Path = typer.Option(None, "--app", help="The Flower app (examples/flower_app)."),
+    threads: int = _threads_option(),
+) -> None:
+    """Run the example Flower app in Flower's simulation engine with gradleak's AuditStrategy,
+    attack every captured update and write OUT/results.json and OUT/report.html."""
+    from gradleak.flower.demo import FlowerDemo, run_demo
+
+    demo = FlowerDemo(
+        images=images, clients=clients, rounds=rounds, local_steps=local_steps,
+        batch_size=batch_size, lr=lr, seed=seed, dp_clients=tuple(dp_client),
+        dp_epsilon=dp_epsilon, methods=tuple(method), iterations=iterations,
+    )  # fmt: skip
+    kept = f"the captures and every finished case are kept in {out}"
+    with _resumable(kept), _progress() as progress:
+        results = run_demo(
+            demo, out, app_dir=app_dir, options=_options(threads=threads), progress=progress,
+            note=lambda text: console.print(text, highlight=False),
+        )  # fmt: skip
+    _print_results(results)
+    console.print(f"report: {out / 'report.html'}")
 
 
 @app.command("list")
@@ -803,10 +876,10 @@ def _parse_settings(pairs: list[str]) -> dict:
     return settings
 
 
-def main() -> None:
+def main(typer_app=None) -> None:
     """Entry point: run the app, turning user errors into one line and exit status 2."""
     try:
-        app(standalone_mode=False)
+        (typer_app or app)(standalone_mode=False)
     except GradleakError as err:
         err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)

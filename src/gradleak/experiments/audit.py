@@ -39,7 +39,7 @@ from gradleak.experiments.spec import (
 )
 from gradleak.experiments.store import summarize
 from gradleak.experiments.sweep import read_toml, sweep_experiment
-from gradleak.report.audit import is_number
+from gradleak.report.html import is_number
 
 #: The analyses every audit adds to the attacks: labels read off the gradient, batch size inferred.
 LABELS_VARIANT = "labels recovered"

@@ -10,32 +10,16 @@ versions of the run.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import statistics
 from pathlib import Path
 
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
-max-width:1100px;color:#1b1f24;line-height:1.45;padding:0 1rem}
-h1{font-size:1.7rem;margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #d0d7de}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.92rem}
-th,td{border:1px solid #d0d7de;padding:.3rem .55rem;text-align:left;vertical-align:top}
-th{background:#f3f5f7}.leaks{color:#a40e26;font-weight:600}.stopped{color:#1a7f37;font-weight:600}
-.muted{color:#57606a;font-size:.9rem}img{image-rendering:pixelated;max-width:100%}
-.defense{border:1px solid #d0d7de;border-radius:6px;padding:.4rem 1rem 1rem;margin:1rem 0}
-pre{background:#f6f8fa;padding:.7rem;overflow-x:auto;font-size:.85rem}
-.pics{display:flex;gap:1.5rem;flex-wrap:wrap;align-items:flex-start}
-"""
-
-# Marks the page once every image has loaded (headless checks read it from the DOM).
-CHECK_SCRIPT = """<script>
-window.addEventListener("load", function () {
-  var all = Array.prototype.slice.call(document.images);
-  var ok = all.filter(function (i) { return i.complete && i.naturalWidth > 0; });
-  document.documentElement.setAttribute("data-images-loaded", ok.length + "/" + all.length);
-});
-</script>"""
+from gradleak.report.html import escape as _e
+from gradleak.report.html import gif_uri as _gif_uri
+from gradleak.report.html import is_number, write_page
+from gradleak.report.html import number as _f
+from gradleak.report.html import percent as _percent
+from gradleak.report.html import png_uri as _png_uri
 
 
 def write_audit_report(
@@ -73,17 +57,7 @@ def write_audit_report(
         "<h2>Settings and versions</h2>",
         *(f"<p>{_e(caption)}</p><pre>{_e(text)}</pre>" for caption, text in settings),
     ]
-    page = (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f"<title>gradleak audit: {_e(title)}</title>"
-        "<meta name=viewport content='width=device-width,initial-scale=1'>"
-        f"<style>{STYLE}</style></head><body>{''.join(body)}{CHECK_SCRIPT}</body></html>"
-    )
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)  # atomic: a reader never sees half a report
-    return path
+    return write_page(Path(path), f"gradleak audit: {title}", body)
 
 
 # ---------------------------------------------------------------------- page parts
@@ -218,35 +192,6 @@ def _summary_table(verdicts: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------- formatting
-def _gif_uri(data: bytes) -> str:
-    return "data:image/gif;base64," + base64.b64encode(data).decode("ascii")
-
-
-def _png_uri(array) -> str:
-    import imageio.v3 as iio
-
-    data = iio.imwrite("<bytes>", array, extension=".png")
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def is_number(value) -> bool:
-    return isinstance(value, int | float) and value == value
-
-
-def _f(value, digits: int) -> str:
-    if not is_number(value):
-        return "-"
-    return "inf" if value == float("inf") else f"{value:.{digits}f}"
-
-
-def _percent(value) -> str:
-    return "-" if not is_number(value) else f"{100 * value:.0f} %"
-
-
 def _accuracy(v: dict) -> str:
     if v["accuracy"] is None:
         return "-"

@@ -7,6 +7,7 @@ from gradleak.threat.observation import (
     load_observation,
     observe,
     save_observation,
+    save_truth,
     truth_path,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "load_observation",
     "observe",
     "save_observation",
+    "save_truth",
     "truth_path",
 ]

@@ -585,19 +585,27 @@ def save_observation(observation: Observation, path: str | Path) -> Path:
     save_file(tensors, str(path), metadata={"gradleak": json.dumps(header)})
     truth_file = truth_path(path)
     if observation.truth is not None:
-        truth = observation.truth
-        save_file(
-            {"images": truth.images.contiguous(), "labels": truth.labels.contiguous()},
-            str(truth_file),
-            metadata={
-                "gradleak": json.dumps(
-                    {"format": TRUTH_FORMAT, "evaluation_only": True, "ids": truth.ids}
-                )
-            },
-        )
+        save_truth(observation.truth, path)
     elif truth_file.exists():
         truth_file.unlink()
     return path
+
+
+def save_truth(truth: GroundTruth, path: str | Path) -> Path:
+    """Write the evaluation-only ground truth of the observation file ``path`` beside it
+    (``<stem>.truth.safetensors``): for observations captured where the truth is not known,
+    e.g. on an FL server, and scored later by whoever holds the images."""
+    truth_file = truth_path(path)
+    save_file(
+        {"images": truth.images.contiguous(), "labels": truth.labels.contiguous()},
+        str(truth_file),
+        metadata={
+            "gradleak": json.dumps(
+                {"format": TRUTH_FORMAT, "evaluation_only": True, "ids": truth.ids}
+            )
+        },
+    )
+    return truth_file
 
 
 def truth_path(path: str | Path) -> Path:

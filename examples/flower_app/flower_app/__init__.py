@@ -1,0 +1,1 @@
+"""An image-classification Flower app (PyTorch, Message API) audited by gradleak."""
