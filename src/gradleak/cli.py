@@ -9,14 +9,20 @@ says what was kept.
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from gradleak.console import (
+    _plain_training,
+    _print_results,
+    _progress,
+    _resumable,
+    console,
+    run_app,
+)
 from gradleak.errors import GradleakError
 
 app = typer.Typer(
@@ -24,8 +30,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="gradleak: reconstruct a federated-learning client's images from its gradient.",
 )
-console = Console()
-err_console = Console(stderr=True)
 
 THREADS_HELP = "CPU threads per process (default: 1 for small models and sweep workers)."
 
@@ -39,142 +43,6 @@ DEVICE_HELP = "auto (a GPU if torch sees one, else the CPU), cpu, cuda, cuda:1 o
 
 def _device_option(what: str = "attacks optimize and artifacts train"):
     return typer.Option("auto", envvar="GRADLEAK_DEVICE", help=DEVICE_HELP.format(what))
-
-
-# ---------------------------------------------------------------------- progress
-class _Shown:
-    """A run's progress (see :class:`gradleak.experiments.runner.Progress`): rich bars on a
-    terminal, one plain line per event otherwise."""
-
-    def __init__(self, bar=None):
-        self.bar = bar
-        self.task = None
-
-    def case_started(self, case, position: int, total: int):
-        if self.bar is None:
-            return _plain_steps(f"[{position}/{total}] {case.id}")
-        if self.task is not None:
-            self.bar.remove_task(self.task)
-        self.task = self.bar.add_task(f"[{position}/{total}] {case.id}", total=None)
-
-        def callback(done: int, total_: int, value: float) -> None:
-            self.bar.update(self.task, completed=done, total=total_)
-
-        return callback
-
-    def case_finished(self, case, record: dict, position: int, total: int) -> None:
-        line = _case_line(case.id, record, position, total)
-        (self.bar.console if self.bar is not None else console).print(
-            line, highlight=False, soft_wrap=True
-        )
-
-    def training(self, name: str, steps: int):
-        self.note(f"training {name} ({steps} steps; resumes if interrupted)")
-        if self.bar is None:
-            return _plain_training(name)
-        task = self.bar.add_task(name, total=steps)
-
-        def callback(done: int, total_: int, values: dict) -> None:
-            self.bar.update(task, completed=done, total=total_)
-
-        return callback
-
-    def note(self, text: str) -> None:
-        (self.bar.console if self.bar is not None else console).print(text, highlight=False)
-
-
-@contextmanager
-def _progress():
-    """A :class:`_Shown` with a live bar on a terminal, plain lines otherwise."""
-    if not console.is_terminal:
-        yield _Shown()
-        return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
-        yield _Shown(bar)
-
-
-def _case_line(case_id: str, record: dict, position: int, total: int) -> str:
-    status = record.get("status", "done")
-    if status != "done":
-        return f"[{position}/{total}] {case_id}: {status}: {record.get('error', '')}"
-    facts = []
-    if isinstance(record.get("psnr"), float):
-        facts.append(f"PSNR {record['psnr']:.2f} dB")
-    if isinstance(record.get("label_accuracy"), float):
-        facts.append(f"label acc. {record['label_accuracy']:.2f}")
-    if "estimate" in record:
-        facts.append(f"batch size {record['estimate']}")
-    facts.append(f"{record.get('wall_seconds', 0.0):.1f} s")
-    return f"[{position}/{total}] {case_id}: {', '.join(facts)}"
-
-
-def _plain_steps(name: str):
-    """A progress callback printing a line at every tenth of the steps (for logs)."""
-    step = {"next": 0.1}
-
-    def callback(done: int, total: int, value: float) -> None:
-        if total > 1 and done < total and done / total >= step["next"]:
-            step["next"] = (int(done / total * 10) + 1) / 10
-            console.print(f"{name}: step {done}/{total}, distance {value:.4g}", highlight=False)
-
-    return callback
-
-
-def _plain_training(name: str):
-    step = {"next": 0.0}
-
-    def callback(done: int, total: int, values: dict) -> None:
-        if done / total >= step["next"] or done == total:
-            step["next"] += 0.1
-            text = "  ".join(f"{k} {float(v):.4g}" for k, v in values.items())
-            console.print(f"{name}: {done}/{total}  {text}", highlight=False)
-
-    return callback
-
-
-def _print_results(results: dict) -> None:
-    from gradleak.experiments.store import finest_groups
-
-    summary = results["summary"]
-    title = f"{results['preset']}: {summary['n_cases']} cases"
-    not_run = summary["n_cases"] - summary["n_done"]
-    if not_run:
-        title += f" ({summary['n_skipped']} skipped, {summary['n_failed']} failed)"
-    table = Table(title=title)
-    for column in ("group", "cases", "PSNR median", "SSIM median", "label acc.", "s / case"):
-        table.add_column(column, justify="right" if column != "group" else "left")
-    for name, s in finest_groups(summary).items():
-        table.add_row(
-            name,
-            f"{s['n_done']}/{s['n_cases']}",
-            _fmt(s["psnr_median"], "{:.2f} dB"),
-            _fmt(s["ssim_median"], "{:.3f}"),
-            _fmt(s["label_accuracy"], "{:.2f}"),
-            _fmt(s["seconds_median"], "{:.1f}"),
-        )
-    console.print(table)
-
-
-def _fmt(value, pattern: str) -> str:
-    return "n/a" if value is None else pattern.format(value)
-
-
-@contextmanager
-def _resumable(kept: str):
-    """Ctrl-C inside: say what was kept and exit with 130."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        err_console.print(f"interrupted: {kept}; run the same command again to resume")
-        sys.exit(130)
 
 
 def _execute(experiment, out: Path, options) -> dict:
@@ -333,49 +201,6 @@ def flower_audit(
         results = attack_captures(
             captures, out, methods=tuple(method), iterations=iterations, seed=seed,
             own_model=model, options=options, progress=progress,
-        )  # fmt: skip
-    _print_results(results)
-    console.print(f"report: {out / 'report.html'}")
-
-
-flower_demo_app = typer.Typer(add_completion=False)
-
-
-@flower_demo_app.command()
-def flower_demo(
-    out: Path = typer.Option(..., help="Output folder (captures/, results.json, report.html)."),
-    images: str = typer.Option("bundled", help=IMAGES_HELP),
-    clients: int = typer.Option(2, min=1, help="Simulated clients (Flower SuperNodes)."),
-    rounds: int = typer.Option(2, min=1, help="Federated rounds."),
-    local_steps: int = typer.Option(1, "--local-steps", min=1, help="Local SGD steps a round."),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Local batch size."),
-    lr: float = typer.Option(0.01, help="Local learning rate."),
-    dp_client: list[int] = typer.Option(
-        [],
-        "--dp-client",
-        help="Client (partition id) whose updates go through Flower's LocalDpMod (repeatable).",
-    ),  # fmt: skip
-    dp_epsilon: float = typer.Option(1.0, "--dp-epsilon", help="LocalDpMod's epsilon."),
-    method: list[str] = typer.Option(["auto"], help="Attack per update (repeatable)."),
-    iterations: int = typer.Option(None, min=1, help="Steps of iterative attacks."),
-    seed: int = typer.Option(0, help="Seed of the model and the attacks."),
-    app_dir: Path = typer.Option(None, "--app", help="The Flower app (examples/flower_app)."),
-    threads: int = _threads_option(),
-) -> None:
-    """Run the example Flower app in Flower's simulation engine with gradleak's AuditStrategy,
-    attack every captured update and write OUT/results.json and OUT/report.html."""
-    from gradleak.flower.demo import FlowerDemo, run_demo
-
-    demo = FlowerDemo(
-        images=images, clients=clients, rounds=rounds, local_steps=local_steps,
-        batch_size=batch_size, lr=lr, seed=seed, dp_clients=tuple(dp_client),
-        dp_epsilon=dp_epsilon, methods=tuple(method), iterations=iterations,
-    )  # fmt: skip
-    kept = f"the captures and every finished case are kept in {out}"
-    with _resumable(kept), _progress() as progress:
-        results = run_demo(
-            demo, out, app_dir=app_dir, options=_options(threads=threads), progress=progress,
-            note=lambda text: console.print(text, highlight=False),
         )  # fmt: skip
     _print_results(results)
     console.print(f"report: {out / 'report.html'}")
@@ -876,25 +701,9 @@ def _parse_settings(pairs: list[str]) -> dict:
     return settings
 
 
-def main(typer_app=None) -> None:
+def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit status 2."""
-    try:
-        (typer_app or app)(standalone_mode=False)
-    except GradleakError as err:
-        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted; results written so far are kept (rerun to resume)")
-        sys.exit(130)
-    except Exception as err:
-        # Usage errors of typer's bundled click: they know how to show themselves.
-        if callable(getattr(err, "show", None)) and hasattr(err, "exit_code"):
-            err.show()
-            sys.exit(2)
-        if type(err).__name__ == "Abort":  # click turns Ctrl-C into Abort
-            err_console.print("interrupted; results written so far are kept (rerun to resume)")
-            sys.exit(130)
-        raise
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import LocalDpMod
@@ -25,9 +27,12 @@ def make_app(overrides: dict | None = None) -> ClientApp:
         )
         loss = task.train(model, images, labels, float(config["lr"]), int(config["batch-size"]))
         task.note_batch(config, context.node_id, partition, server_round, indices)
-        metrics = {"train-loss": loss, "num-examples": len(images)}
-        if _uses_dp(config, partition):
-            metrics["local-dp-epsilon"] = float(config["dp-epsilon"])
+        metrics = {
+            "train-loss": loss,
+            "num-examples": len(images),
+            # FedAvg averages metrics over clients: every client reports the same keys.
+            "local-dp-noise-std": _noise_std(config) if _uses_dp(config, partition) else 0.0,
+        }
         content = RecordDict(
             {"arrays": ArrayRecord(model.net.state_dict()), "metrics": MetricRecord(metrics)}
         )
@@ -53,6 +58,16 @@ def make_app(overrides: dict | None = None) -> ClientApp:
 def _uses_dp(config: dict, partition: int) -> bool:
     chosen = [p.strip() for p in str(config["dp-clients"]).split(",") if p.strip()]
     return str(partition) in chosen
+
+
+def _noise_std(config: dict) -> float:
+    """The standard deviation of LocalDpMod's Gaussian noise (the Gaussian mechanism's)."""
+    delta = float(config["dp-delta"])
+    return (
+        float(config["dp-sensitivity"])
+        * math.sqrt(2 * math.log(1.25 / delta))
+        / float(config["dp-epsilon"])
+    )
 
 
 def _local_dp(overrides: dict | None):

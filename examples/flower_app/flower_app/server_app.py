@@ -18,14 +18,18 @@ def make_app(overrides: dict | None = None, clients: int = 2) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         config = task.app_config(context.run_config, overrides)
         model = task.load_model(config)
-        strategy = FedAvg(min_train_nodes=clients, min_evaluate_nodes=clients,
-                          min_available_nodes=clients)
+        strategy = FedAvg(
+            min_train_nodes=clients, min_evaluate_nodes=clients, min_available_nodes=clients
+        )
         strategy = AuditStrategy(  # audit: record every update the clients send
             strategy,
             model=model,
             out=config["audit-dir"],
-            local={"lr": float(config["lr"]), "batch_size": int(config["batch-size"]),
-                   "steps": int(config["local-steps"])},
+            local={
+                "lr": float(config["lr"]),
+                "batch_size": int(config["batch-size"]),
+                "steps": int(config["local-steps"]),
+            },
             attacks=[a.strip() for a in str(config["audit-attacks"]).split(",") if a.strip()],
         )
         strategy.start(

@@ -64,7 +64,8 @@ def _images(spec: str, size: int, n: int):
 
 def client_batch(config: dict, partition: int, partitions: int, server_round: int):
     """The indices, images and labels client ``partition`` trains on in ``server_round``."""
-    images, labels = _images(str(config["images"]), int(config["image-size"]), int(config["n-images"]))
+    spec, size, first = str(config["images"]), int(config["image-size"]), int(config["n-images"])
+    images, labels = _images(spec, size, first)
     shard = list(range(partition, len(images), partitions))
     per_round = int(config["local-steps"]) * int(config["batch-size"])
     if per_round > len(shard):

@@ -149,6 +149,11 @@ class Attack:
     #: Whether the attack replays FedAvg updates (local training); attacks that do not read one
     #: averaged gradient: an update applies to them only when it is a known multiple of one.
     reads_updates: ClassVar[bool] = False
+    #: Whether the attack needs the update itself even when it is a known multiple of one
+    #: gradient (an attack on local training's structure); others read such an update as the
+    #: gradient it is, exactly and better conditioned (``lr`` x the gradient shrinks an l2
+    #: objective by ``lr**2``).
+    needs_update: ClassVar[bool] = False
 
     def __init__(self, **overrides):
         known = {f.name for f in dataclasses.fields(self.defaults)}
@@ -289,7 +294,7 @@ class Attack:
             )
         model = view.build_model() if model is None else model
         read_as_gradient = (
-            view.kind == "update" and not self.reads_updates and view.is_scaled_gradient()
+            view.kind == "update" and not self.needs_update and view.is_scaled_gradient()
         )
         if read_as_gradient:
             view = view.as_gradient()

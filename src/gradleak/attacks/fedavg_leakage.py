@@ -147,6 +147,7 @@ class FedAvgLeakage(GradientMatchingAttack):
     name = "fedavg_leakage"
     expected = "FedAvg updates over several epochs; the epoch prior helps when E > 1"
     requirements = (*GradientMatchingAttack.requirements, UPDATE)
+    needs_update = True
     defaults = FedAvgSettings(**dataclasses.asdict(InvertingGradients.defaults))
 
     def _layout(self, context: AttackContext) -> tuple[int, int, list[list[int]]]:

@@ -19,7 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import typer
+
+from gradleak.console import _print_results, _progress, _resumable, console, run_app
 from gradleak.errors import GradleakError
+from gradleak.experiments.spec import RunOptions
 from gradleak.records import json_safe, write_json
 
 SETTINGS = "demo.json"
@@ -209,12 +213,52 @@ def write_truth(captures: Path, records: Path, demo: FlowerDemo) -> int:
     return written
 
 
-def main() -> None:  # pragma: no cover - the CLI entry, tested through the CLI
-    from gradleak.cli import flower_demo_app
-    from gradleak.cli import main as run_cli
-
-    run_cli(flower_demo_app)
+cli = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
 
-if __name__ == "__main__":  # pragma: no cover
+@cli.command()
+def flower_demo(
+    out: Path = typer.Option(..., help="Output folder (captures/, results.json, report.html)."),
+    images: str = typer.Option(
+        "bundled", help="Images (bundled, cifar10, a folder, an .npz; see gradleak observe --help)."
+    ),
+    clients: int = typer.Option(2, min=1, help="Simulated clients (Flower SuperNodes)."),
+    rounds: int = typer.Option(2, min=1, help="Federated rounds."),
+    local_steps: int = typer.Option(1, "--local-steps", min=1, help="Local SGD steps a round."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Local batch size."),
+    lr: float = typer.Option(0.01, help="Local learning rate."),
+    dp_client: list[int] = typer.Option(
+        [],
+        "--dp-client",
+        help="Client (partition id) whose updates go through Flower's LocalDpMod (repeatable).",
+    ),  # fmt: skip
+    dp_epsilon: float = typer.Option(1.0, "--dp-epsilon", help="LocalDpMod's epsilon."),
+    method: list[str] = typer.Option(["auto"], help="Attack per update (repeatable)."),
+    iterations: int = typer.Option(None, min=1, help="Steps of iterative attacks."),
+    seed: int = typer.Option(0, help="Seed of the model and the attacks."),
+    app_dir: Path = typer.Option(None, "--app", help="The Flower app (examples/flower_app)."),
+    threads: int = typer.Option(None, min=1, help="CPU threads of the attacks."),
+) -> None:
+    """Run the example Flower app in Flower's simulation engine with gradleak's AuditStrategy,
+    attack every captured update and write OUT/results.json and OUT/report.html."""
+    demo = FlowerDemo(
+        images=images, clients=clients, rounds=rounds, local_steps=local_steps,
+        batch_size=batch_size, lr=lr, seed=seed, dp_clients=tuple(dp_client),
+        dp_epsilon=dp_epsilon, methods=tuple(method), iterations=iterations,
+    )  # fmt: skip
+    kept = f"the captures and every finished case are kept in {out}"
+    with _resumable(kept), _progress() as progress:
+        results = run_demo(
+            demo, out, app_dir=app_dir, options=RunOptions(threads=threads), progress=progress,
+            note=lambda text: console.print(text, highlight=False),
+        )  # fmt: skip
+    _print_results(results)
+    console.print(f"report: {out / 'report.html'}")
+
+
+def main() -> None:
+    run_app(cli)
+
+
+if __name__ == "__main__":
     main()

@@ -130,7 +130,7 @@ class AuditStrategy(Strategy):
             "bn_mode": bn_mode,
             "attacks": list(self.attacks),
             "attack_settings": self.attack_settings,
-            "versions": environment(),
+            "versions": {**environment(), "flwr": _flower_version()},
         }
         self._write_manifest()
 
@@ -361,6 +361,15 @@ def _metrics(reply: Message) -> dict:
     for record in reply.content.metric_records.values():
         metrics.update(dict(record))
     return metrics
+
+
+def _flower_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("flwr")
+    except PackageNotFoundError:  # pragma: no cover - flwr imported, so installed
+        return "unknown"
 
 
 def _short(err: BaseException) -> str:
