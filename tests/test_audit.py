@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 
-import numpy as np
 import pytest
+from browser import check_renders, needs_chromium
 from clitools import call_main
-from PIL import Image
 
 from gradleak.errors import GradleakError
 from gradleak.experiments.audit import load_audit, run_audit
@@ -94,32 +91,10 @@ def test_an_audit_resumes_without_training_or_attacking_again(audited, monkeypat
     assert again == report and "leaks" in again.read_text()
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+@needs_chromium
 def test_the_report_renders_in_headless_chromium(audited, tmp_path):
     _, report = audited
-    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
-    url = report.resolve().as_uri()
-    dom = subprocess.run(
-        [*browser, "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0",
-         "--dump-dom", url],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom.stdout)
-    assert loaded, "the page's load handler never ran"
-    done, total = map(int, loaded.groups())
-    assert total >= 5 and done == total  # every image (grids, GIFs, plot) decoded
-    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
-    assert not console, console  # no script error, no console message
-    shot = tmp_path / "report.png"
-    subprocess.run(
-        [*browser, f"--screenshot={shot}", "--window-size=1200,2400", url],
-        capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
-    assert pixels.shape == (2400, 1200)
-    assert (pixels < 200).mean() > 0.05  # text, tables and images, not a blank page
-    assert pixels.std() > 20
+    check_renders(report, tmp_path, min_images=5)  # grids, GIFs, plot
 
 
 def test_audit_files_with_mistakes_are_refused_naming_them(tmp_path):
