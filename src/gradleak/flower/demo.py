@@ -147,10 +147,9 @@ def app_overrides(demo: FlowerDemo, captures: Path, records: Path) -> dict:
     }
 
 
-def run_federation(
-    demo: FlowerDemo, captures: Path, records: Path, app_dir: str | Path | None = None
-) -> None:
-    """The example app in Flower's simulation engine (Ray backend, one CPU per client)."""
+def prepare_app(app_dir: str | Path | None = None) -> Path:
+    """Make the example app importable here and in Ray's workers (``import flower_app``), with
+    Flower offline (no telemetry); its folder."""
     folder = find_app(app_dir)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # offline: no telemetry
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -161,6 +160,22 @@ def run_federation(
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), path) if p)
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
+    return folder
+
+
+def backend_config(clients: int) -> dict:
+    """Flower's simulation engine with one CPU per client (Ray backend)."""
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": clients, "include_dashboard": False},
+    }
+
+
+def run_federation(
+    demo: FlowerDemo, captures: Path, records: Path, app_dir: str | Path | None = None
+) -> None:
+    """The example app in Flower's simulation engine (Ray backend, one CPU per client)."""
+    prepare_app(app_dir)
     try:
         from flwr.simulation import run_simulation
     except ImportError as err:
@@ -175,10 +190,7 @@ def run_federation(
         server_app=server_app.make_app(overrides, clients=demo.clients),
         client_app=client_app.make_app(overrides),
         num_supernodes=demo.clients,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": demo.clients, "include_dashboard": False},
-        },
+        backend_config=backend_config(demo.clients),
     )
     if not (captures / "captures.json").exists():
         raise GradleakError("the federation ended before its first round: see Flower's log above")

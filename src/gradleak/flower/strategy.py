@@ -195,6 +195,9 @@ class AuditStrategy(Strategy):
     def close(self, wait: bool = True) -> None:
         """Let the out-of-band attacks finish (``wait``) or drop those not started."""
         if self._worker is not None:
+            left = sum(not job.done() for job in self._pending)
+            if left and wait:
+                LOG.info("gradleak audit: waiting for %d out-of-band attack job(s)", left)
             self._worker.shutdown(wait=wait, cancel_futures=not wait)
             self._worker = None
         self._write_manifest()

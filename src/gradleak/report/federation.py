@@ -128,6 +128,7 @@ def _best_gif(rows: list[dict], out: Path) -> str:
     if not gif or not (out / gif).exists():
         return ""
     return (
+        "<h3>The most leaking update, as the attack optimizes</h3>"
         f"<figure><img alt='optimization of the most leaking update' "
         f"src='{gif_uri((out / gif).read_bytes())}'><figcaption class=muted>the most leaking "
         f"update's reconstruction as the attack optimizes ({_e(best['id'])}, "
