@@ -15,16 +15,25 @@ def make_app(overrides: dict | None = None) -> ClientApp:
     """The ClientApp, its run config updated by ``overrides`` (the simulation demo's settings)."""
     app = ClientApp(mods=[_local_dp(overrides)])
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
+    def received(msg: Message, context: Context):
+        """The run config, the global model sent, and this round's images of this client."""
         config = task.app_config(context.run_config, overrides)
         model = task.load_model(config)
         model.net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        partition = int(context.node_config["partition-id"])
         server_round = int(msg.content["config"]["server-round"])
-        indices, images, labels = task.client_batch(
-            config, partition, int(context.node_config["num-partitions"]), server_round
+        partition = int(context.node_config["partition-id"])
+        partitions = int(context.node_config["num-partitions"])
+        return (
+            config,
+            model,
+            server_round,
+            task.client_batch(config, partition, partitions, server_round),
         )
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        config, model, server_round, (indices, images, labels) = received(msg, context)
+        partition = int(context.node_config["partition-id"])
         loss = task.train(model, images, labels, float(config["lr"]), int(config["batch-size"]))
         task.note_batch(config, context.node_id, partition, server_round, indices)
         metrics = {
@@ -40,14 +49,7 @@ def make_app(overrides: dict | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        config = task.app_config(context.run_config, overrides)
-        model = task.load_model(config)
-        model.net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        partition = int(context.node_config["partition-id"])
-        server_round = int(msg.content["config"]["server-round"])
-        _, images, labels = task.client_batch(
-            config, partition, int(context.node_config["num-partitions"]), server_round
-        )
+        _, model, _, (_, images, labels) = received(msg, context)
         loss, accuracy = task.evaluate(model, images, labels)
         metrics = {"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(images)}
         return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
