@@ -99,7 +99,7 @@ def flower_messages(monkeypatch):
 
 
 def test_the_strategy_records_every_reply_and_never_breaks_the_round(
-    bundled, tmp_path, flower_messages, monkeypatch
+    bundled, tmp_path, flower_messages
 ):
     from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
     from flwr.serverapp.strategy import FedAvg
@@ -149,15 +149,11 @@ def test_the_strategy_records_every_reply_and_never_breaks_the_round(
     assert reconstruction.labels.tolist() == label.tolist()
 
     # A failing attack is logged and recorded, never raised into Flower.
-    def broken(*args, **kwargs):
-        raise RuntimeError("attack crashed")
-
-    monkeypatch.setattr("gradleak.attacks.get_attack", broken)
     again = AuditStrategy(
         FedAvg(min_train_nodes=1, min_available_nodes=1, fraction_evaluate=0.0),
         model=model, out=tmp_path / "second", local={"lr": 0.01, "batch_size": 1, "steps": 1},
+        attacks=("idlg",), attack_settings={"idlg": {"iterations": 0}},
     )  # fmt: skip
-    again.attacks = ("idlg",)
     (message,) = again.configure_train(1, sent, ConfigRecord(), _Grid([5]))
     by_node = {5: message}
     assert again.aggregate_train(1, [reply(5, trained)])[0] is not None
@@ -165,7 +161,7 @@ def test_the_strategy_records_every_reply_and_never_breaks_the_round(
     manifest = json.loads((tmp_path / "second" / "captures.json").read_text())
     (entry,) = manifest["captures"]
     assert entry["attacks"]["idlg"]["status"] == "failed"
-    assert "attack crashed" in entry["attacks"]["idlg"]["error"]
+    assert "idlg" in entry["attacks"]["idlg"]["error"]
 
 
 def test_the_strategy_refuses_what_would_go_wrong_before_the_first_round(tmp_path):

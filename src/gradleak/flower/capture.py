@@ -14,7 +14,12 @@ local-training facts the server knows (``knows_local``); labels are unknown to a
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+import traceback
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 
@@ -135,3 +140,58 @@ def update_observation(
     )
     observation.validate(model)
     return observation
+
+
+# ---------------------------------------------------------------------- out-of-band attacks
+def background_worker() -> None:
+    """Initializer of the process that attacks captures while the federation runs: lowest CPU
+    priority and one thread, so that it takes only what the clients and the server leave."""
+    with contextlib.suppress(OSError, AttributeError):  # not every platform has nice()
+        os.nice(19)
+    torch.set_num_threads(1)
+
+
+def attack_capture(
+    path: str, root: str, attacks: Sequence[str], settings: Mapping, own_model: str | None = None
+) -> dict[str, dict]:
+    """Run ``attacks`` on the observation file ``path`` (under ``root``), saving each
+    reconstruction beside it as ``<stem>.<attack>.safetensors``; per attack its status
+    (done, skipped with the reason, failed with the error), never an exception."""
+    from gradleak.attacks import get_attack, save_reconstruction
+    from gradleak.threat import load_observation
+
+    results: dict[str, dict] = {}
+    observation = None
+    for name in attacks:
+        started = time.perf_counter()
+        try:
+            if observation is None:
+                observation = load_observation(path, with_truth=False, model=own_model)
+            attack = get_attack(name, **dict(settings.get(name, {})))
+            problems = attack.check(observation)
+            if problems:
+                result = {"status": "skipped", "reason": "; ".join(problems)}
+            else:
+                reconstruction = attack(observation, seed=0)
+                file = Path(path).with_name(
+                    Path(path).name.replace(".safetensors", f".{name}.safetensors")
+                )
+                save_reconstruction(reconstruction, file)
+                result = {
+                    "status": "done",
+                    "file": file.relative_to(root).as_posix(),
+                    "labels": reconstruction.labels.tolist(),
+                    "gradient_distance": reconstruction.gradient_distance,
+                }
+        except Exception as err:  # noqa: BLE001 - recorded, never raised into the federation
+            result = {"status": "failed", "error": short_error(err)}
+        result["seconds"] = round(time.perf_counter() - started, 3)
+        results[name] = result
+    return results
+
+
+def short_error(err: BaseException) -> str:
+    """One line: the exception, its message and where it was raised."""
+    frame = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
+    where = f" ({Path(frame[0].filename).name}:{frame[0].lineno})" if frame else ""
+    return f"{type(err).__name__}: {err}{where}"

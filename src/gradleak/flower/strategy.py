@@ -18,18 +18,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
 import threading
 import time
-import traceback
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 from gradleak.errors import GradleakError
-from gradleak.flower.capture import CAPTURES, CAPTURES_FORMAT, update_observation
+from gradleak.flower.capture import (
+    CAPTURES,
+    CAPTURES_FORMAT,
+    attack_capture,
+    background_worker,
+    short_error,
+    update_observation,
+)
 from gradleak.models import ImageClassifier, build_model
+from gradleak.models.custom import is_own_model
 from gradleak.records import environment, json_safe, write_json
 from gradleak.threat import LOCAL_FACTS, LocalTraining, save_observation
 
@@ -118,7 +126,7 @@ class AuditStrategy(Strategy):
         self.captures: list[dict] = []
         self._sent: dict[tuple[int, int], ArrayRecord] = {}
         self._lock = threading.Lock()
-        self._worker: ThreadPoolExecutor | None = None
+        self._worker: ProcessPoolExecutor | None = None
         self._pending: list[Future] = []
         self._header = {
             "format": CAPTURES_FORMAT,
@@ -216,9 +224,9 @@ class AuditStrategy(Strategy):
                 save_observation(observation, path)
                 entry.update(status="captured", file=str(path.relative_to(self.out)))
                 if self.attacks:
-                    self._submit(observation, path, entry)
+                    self._submit(path, entry)
             except Exception as err:  # noqa: BLE001 - recorded, never raised into Flower
-                entry["reason"] = str(err) if isinstance(err, GradleakError) else _short(err)
+                entry["reason"] = str(err) if isinstance(err, GradleakError) else short_error(err)
                 LOG.warning(
                     "gradleak audit: round %s, node %s not attackable: %s",
                     server_round,
@@ -265,39 +273,38 @@ class AuditStrategy(Strategy):
             },
         )
 
-    def _submit(self, observation, path: Path, entry: dict) -> None:
+    def _submit(self, path: Path, entry: dict) -> None:
         if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="gradleak-audit")
+            # One low-priority process: it takes the CPU the federation leaves idle.
+            self._worker = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=background_worker
+            )
         entry["attacks"] = {name: {"status": "queued"} for name in self.attacks}
-        self._pending.append(self._worker.submit(self._attack, observation, path, entry))
+        own = self.model.config.get("name")
+        job = self._worker.submit(
+            attack_capture,
+            str(path),
+            str(self.out),
+            self.attacks,
+            self.attack_settings,
+            own if is_own_model(own) else None,
+        )
+        job.add_done_callback(lambda done: self._attacked(done, path, entry))
+        self._pending.append(job)
 
-    def _attack(self, observation, path: Path, entry: dict) -> None:
-        from gradleak.attacks import get_attack, save_reconstruction
-
-        for name in self.attacks:
-            started = time.perf_counter()
-            try:
-                attack = get_attack(name, **self.attack_settings.get(name, {}))
-                problems = attack.check(observation)
-                if problems:
-                    result = {"status": "skipped", "reason": "; ".join(problems)}
-                else:
-                    reconstruction = attack(observation, seed=0)
-                    file = path.with_name(path.name.replace(".safetensors", f".{name}.safetensors"))
-                    save_reconstruction(reconstruction, file)
-                    result = {
-                        "status": "done",
-                        "file": str(file.relative_to(self.out)),
-                        "labels": reconstruction.labels.tolist(),
-                        "gradient_distance": reconstruction.gradient_distance,
-                    }
-            except Exception as err:  # noqa: BLE001 - logged, never raised into Flower
-                result = {"status": "failed", "error": _short(err)}
+    def _attacked(self, job: Future, path: Path, entry: dict) -> None:
+        try:
+            results = job.result()
+        except Exception as err:  # noqa: BLE001 - e.g. the worker died: recorded, not raised
+            results = {
+                name: {"status": "failed", "error": short_error(err)} for name in self.attacks
+            }
+        for name, result in results.items():
+            if result["status"] == "failed":
                 LOG.warning("gradleak audit: %s on %s failed: %s", name, path.name, result["error"])
-            result["seconds"] = round(time.perf_counter() - started, 3)
-            with self._lock:
-                entry["attacks"][name] = result
-            self._write_manifest()
+        with self._lock:
+            entry["attacks"] = results
+        self._write_manifest()
 
     def _write_manifest(self) -> None:
         with self._lock:
@@ -373,9 +380,3 @@ def _flower_version() -> str:
         return version("flwr")
     except PackageNotFoundError:  # pragma: no cover - flwr imported, so installed
         return "unknown"
-
-
-def _short(err: BaseException) -> str:
-    frame = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
-    where = f" ({Path(frame[0].filename).name}:{frame[0].lineno})" if frame else ""
-    return f"{type(err).__name__}: {err}{where}"
