@@ -114,7 +114,7 @@ def test_the_strategy_records_every_reply_and_never_breaks_the_round(
         out=tmp_path / "audit",
         local={"lr": 0.01, "batch_size": 1, "steps": 1},
         attacks=("idlg",),
-        attack_settings={"idlg": {"iterations": 100}},
+        attack_settings={"idlg": {"iterations": 60}},
     )
     assert strategy.fraction_train == 1.0  # the wrapped strategy's settings show through
     sent = ArrayRecord(model.net.state_dict())
@@ -145,7 +145,8 @@ def test_the_strategy_records_every_reply_and_never_breaks_the_round(
     attack = entries[5]["attacks"]["idlg"]
     assert attack["status"] == "done", attack
     reconstruction = load_reconstruction(tmp_path / "audit" / attack["file"])
-    assert float(psnr(reconstruction.images, image)) > 25  # iDLG on one image, out of band
+    # iDLG on one image, out of band, 60 steps (the end-to-end test below runs the full budget).
+    assert float(psnr(reconstruction.images, image)) > 20
     assert reconstruction.labels.tolist() == label.tolist()
 
     # A failing attack is logged and recorded, never raised into Flower.
