@@ -71,8 +71,10 @@ class AuditStrategy(Strategy):
             audited server is assumed not to know; the others are known.
         knows_batch_size: whether the attacker may use the number of images a client reports.
         bn_mode: the clients' BatchNorm mode in local training.
-        attacks: names of gradleak attacks to run on every capture out of band (``()``: none;
-            attack the files later, e.g. with ``gradleak attack``).
+        attacks: names of gradleak attacks to run on every capture out of band, in one
+            lowest-priority process; reconstructions go beside the capture, results into
+            ``captures.json`` (``()``: none; attack the files later with
+            ``gradleak flower-audit``).
         attack_settings: per attack name, its settings (e.g. ``{"inverting_gradients":
             {"iterations": 200}}``).
         images_key: the reply's metric holding the client's number of training images
