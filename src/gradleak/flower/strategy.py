@@ -196,11 +196,15 @@ class AuditStrategy(Strategy):
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, *args, **kwargs) -> Result:
         """Run the federation as :meth:`Strategy.start` does, then wait for the out-of-band
-        attacks (the rounds never wait for them)."""
+        attacks (the rounds never wait for them). Interrupted, it keeps every capture and the
+        attacks finished, and drops the queued ones."""
         try:
-            return super().start(grid, initial_arrays, *args, **kwargs)
-        finally:
-            self.close()
+            result = super().start(grid, initial_arrays, *args, **kwargs)
+        except BaseException:
+            self.close(wait=False)
+            raise
+        self.close()
+        return result
 
     def close(self, wait: bool = True) -> None:
         """Let the out-of-band attacks finish (``wait``) or drop those not started."""
