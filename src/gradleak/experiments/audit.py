@@ -302,7 +302,7 @@ def _defense_facts(records: list[dict], cases: dict) -> list[dict]:
 def _gray_psnr(records: list[dict], cases: dict) -> float | None:
     """PSNR of flat gray images against the private images (when no baseline attack ran)."""
     from gradleak.experiments import build
-    from gradleak.metrics import psnr
+    from gradleak.metrics import gray_psnr
 
     values = []
     seen = set()
@@ -313,7 +313,7 @@ def _gray_psnr(records: list[dict], cases: dict) -> float | None:
         seen.add(case.observation)
         truth = build.truth(case.observation)
         if truth is not None:
-            values += psnr(torch.full_like(truth, 0.5), truth).tolist()
+            values += gray_psnr(truth).tolist()
     return statistics.median(values) if values else None
 
 

@@ -15,8 +15,6 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from gradleak.errors import GradleakError
 from gradleak.experiments.spec import AttackSpec, Case, Experiment, ObservationFile, RunOptions
 from gradleak.flower.capture import CAPTURES
@@ -193,8 +191,10 @@ def _cases(settings: CaptureAttackSettings):
 
 
 def _gray_psnr(entry: dict, folder: str) -> float | None:
-    """PSNR of flat gray images against the update's images (the no-information baseline)."""
-    from gradleak.metrics import psnr
+    """The no-information baseline on the update's images (flat gray), when they are known."""
+    from safetensors.torch import load_file
+
+    from gradleak.metrics import gray_psnr
     from gradleak.threat import truth_path
 
     if entry.get("status") != "captured":
@@ -202,7 +202,4 @@ def _gray_psnr(entry: dict, folder: str) -> float | None:
     path = truth_path(Path(folder) / entry["file"])
     if not path.exists():
         return None
-    from safetensors.torch import load_file
-
-    truth = load_file(str(path))["images"]
-    return statistics.median(psnr(torch.full_like(truth, 0.5), truth).tolist())
+    return statistics.median(gray_psnr(load_file(str(path))["images"]).tolist())

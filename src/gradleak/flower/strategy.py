@@ -42,6 +42,7 @@ from gradleak.records import environment, json_safe, write_json
 from gradleak.threat import LOCAL_FACTS, LocalTraining, save_observation
 
 try:
+    import flwr
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
     from flwr.serverapp import Grid
     from flwr.serverapp.strategy import Result, Strategy
@@ -140,7 +141,7 @@ class AuditStrategy(Strategy):
             "bn_mode": bn_mode,
             "attacks": list(self.attacks),
             "attack_settings": self.attack_settings,
-            "versions": {**environment(), "flwr": _flower_version()},
+            "versions": {**environment(), "flwr": flwr.__version__},
         }
         self._write_manifest()
 
@@ -377,12 +378,3 @@ def _metrics(reply: Message) -> dict:
     for record in reply.content.metric_records.values():
         metrics.update(dict(record))
     return metrics
-
-
-def _flower_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("flwr")
-    except PackageNotFoundError:  # pragma: no cover - flwr imported, so installed
-        return "unknown"

@@ -20,6 +20,12 @@ def psnr(reconstruction: torch.Tensor, truth: torch.Tensor, max_db: float = 200.
     return (10 * torch.log10(1.0 / error.clamp_min(10 ** (-max_db / 10)))).float()
 
 
+def gray_psnr(truth: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR of a flat 0.5 gray image against ``truth`` (B, C, H, W): the score of a
+    reconstruction that reads nothing from the gradient (the no-information baseline)."""
+    return psnr(torch.full_like(truth, 0.5), truth)
+
+
 def ssim(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004: Gaussian window sigma 1.5, data range 1) per image.
 
