@@ -63,3 +63,28 @@ def conv_gradient_operator(
     patches = F.unfold(basis, layer.kernel_size, padding=layer.padding, stride=layer.stride)
     delta = delta.reshape(delta.shape[0], -1)  # (C_out, L)
     return torch.einsum("pkl,ol->pok", patches, delta).reshape(pixels, -1)
+
+
+def rows_as_inputs(
+    weight_grad: torch.Tensor, bias_grad: torch.Tensor, tolerance: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row's own reading of the layer's input, ``dW_i / db_i`` (float64).
+
+    A row that one sample alone reaches holds that sample's input exactly (Geiping et al. 2020,
+    eq. 2); a row that several reach holds their mixture. Rows whose ``|db_i|`` is below
+    ``tolerance`` times the largest (no sample, or round-off) are skipped.
+
+    Returns:
+        ``(rows, inputs)``: the indices of the rows read, ``(R,)``, and their readings ``(R, in)``.
+    """
+    if weight_grad.ndim != 2 or bias_grad.shape != weight_grad.shape[:1]:
+        raise GradleakError(
+            f"weight gradient {list(weight_grad.shape)} and bias gradient "
+            f"{list(bias_grad.shape)} are not those of one linear layer"
+        )
+    weight_grad, bias_grad = weight_grad.detach().double(), bias_grad.detach().double()
+    largest = bias_grad.abs().max()
+    if not largest > 0:
+        return torch.zeros(0, dtype=torch.long), weight_grad.new_zeros(0, weight_grad.shape[1])
+    rows = torch.nonzero(bias_grad.abs() > tolerance * largest).flatten()
+    return rows, weight_grad[rows] / bias_grad[rows, None]

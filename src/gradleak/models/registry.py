@@ -113,6 +113,7 @@ def build_model(
     normalization: str | None = None,
     factory_kwargs: dict | None = None,
     architecture: str | None = None,
+    server: dict | None = None,
 ) -> ImageClassifier:
     """Build model ``name`` for ``in_channels x image_size x image_size`` images in [0, 1].
 
@@ -137,6 +138,9 @@ def build_model(
         factory_kwargs, architecture: what the config of your own model recorded (the
             arguments its factory took, the digest of its tensors' names, shapes and dtypes);
             given back, they must still hold.
+        server: what a malicious server did to the model it sent (the ``server`` record of a
+            config made by :func:`gradleak.malicious.modify_model`): the network is rebuilt
+            behind the block it inserted, if any; the weights then come from the observation.
 
     Returns:
         An :class:`ImageClassifier` in training mode; ``model.config`` rebuilds it. Your own
@@ -193,6 +197,11 @@ def build_model(
             factory_kwargs=called,
             architecture=custom.architecture_digest(net.state_dict()),
         )
+    if server is not None:
+        from gradleak.malicious.blocks import wrap_for_server  # lazy: it imports this package
+
+        net = wrap_for_server(net, server, (in_channels, image_size, image_size))
+        config["server"] = dict(server)
     model = ImageClassifier(net, config)
     if own and weights == "pretrained":
         raise GradleakError(f"no pretrained weights for your own model {name}; pass a file")
