@@ -1,4 +1,5 @@
-"""Names and one-line descriptions of the registered models, attacks and defenses, without
+"""Names and one-line descriptions of the registered models, attacks, defenses and malicious
+servers, without
 importing them.
 
 ``gradleak list`` and ``--help`` must not import torch (it takes seconds). Attacks and models
@@ -55,6 +56,20 @@ def defenses() -> dict[str, str]:
                 stage, summary = stage or keywords.get("stage"), summary or keywords.get("summary")
                 if isinstance(name, str):
                     found[name] = f"{stage}: {summary}"
+    return dict(sorted(found.items()))
+
+
+def servers() -> dict[str, str]:
+    """Malicious-server modification name -> ``summary (attack: NAME)`` for every
+    ``@register_server(name, summary, attack=...)``."""
+    found = {}
+    for tree in _trees("malicious"):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _name(node.func) == "register_server":
+                name, summary = ([_literal(a) for a in node.args[:2]] + [None] * 2)[:2]
+                keywords = {k.arg: _literal(k.value) for k in node.keywords if k.arg}
+                if isinstance(name, str):
+                    found[name] = f"{summary} (attack: {keywords.get('attack')})"
     return dict(sorted(found.items()))
 
 

@@ -208,7 +208,7 @@ def flower_audit(
 
 @app.command("list")
 def list_all() -> None:
-    """List presets, models, attack methods and defenses."""
+    """List presets, models, attack methods, defenses and malicious servers."""
     from gradleak import catalog
     from gradleak.experiments.presets import PRESETS
 
@@ -217,6 +217,7 @@ def list_all() -> None:
         ("models", catalog.models()),
         ("attack methods", catalog.attacks()),
         ("defenses (--defense NAME[:key=value,...])", catalog.defenses()),
+        ("malicious servers (observe --server NAME[:key=value,...])", catalog.servers()),
     ):
         table = Table(title=title)
         table.add_column("name")
@@ -292,6 +293,15 @@ def observe(
         "delta,... (gradleak[dp]), mixup:k, instahide:k. Parameters and defaults: "
         "`gradleak list`.",
     ),
+    server: str = typer.Option(
+        "honest",
+        "--server",
+        help="The server that sent the model: honest, or a malicious one that modified it, "
+        "NAME[:key=value,...]: imprint:bins=128,statistics=3,data=bundled (Fowl et al.), "
+        "trap:neurons=1000,scale=0.95 (Boenisch et al.), fishing:target=K (Wen et al.); the "
+        "attack of the same name reads it (imprint, trap_weights, fishing). Parameters: "
+        "`gradleak list`.",
+    ),
     threads: int = _threads_option(),
     device: str = _device_option("the client's training step runs"),
 ) -> None:
@@ -305,11 +315,13 @@ def observe(
     from gradleak.data import load_images
     from gradleak.defenses import get_defense, parse_defense
     from gradleak.devices import resolve_device, to_device
+    from gradleak.malicious import modify_model, parse_server
     from gradleak.models import build_model
     from gradleak.threat import observe as make_observation
     from gradleak.threat import save_observation, truth_path
 
     defenses = [parse_defense(text) for text in defense or []]
+    malicious = parse_server(server)
     mixing = any(get_defense(name).stage == "data" for name, _ in defenses)
     where = resolve_device(device)
     local, knows_local = _local_training(
@@ -344,6 +356,8 @@ def observe(
         weights=str(weights) if weights else None,
         normalization=normalization,
     )
+    if malicious is not None:  # the client's images only stay out of the server's own data
+        net = modify_model(net, malicious, seed=seed, private=batch.images)
     _use_threads(threads, net)
     observation = make_observation(
         net.to(where),
@@ -367,7 +381,9 @@ def observe(
     )
     path = save_observation(to_device(observation, "cpu"), out)
     console.print(
-        f"observation of {len(batch)} image(s) on {model} ({observation.describe()}): {path}\n"
+        f"observation of {len(batch)} image(s) on {model}"
+        f"{f' modified by a malicious server ({malicious[0]})' if malicious else ''} "
+        f"({observation.describe()}): {path}\n"
         f"ground truth (evaluation only): {truth_path(path)}"
     )
 
@@ -584,7 +600,11 @@ def train_inverter_command(
 
 @app.command()
 def analyze(
-    observation: Path = typer.Argument(..., help="Observation file from `gradleak observe`."),
+    observation: Path = typer.Argument(
+        ...,
+        help="Observation file from `gradleak observe`, or a model's weights file (.safetensors "
+        "with its config) received from a server: then only its malicious modifications.",
+    ),
     json_file: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
     model: str = typer.Option(None, help=OWN_MODEL_HELP),
     threads: int = _threads_option(),
@@ -595,13 +615,17 @@ def analyze(
         "computes in closed form on the CPU whatever it says.",
     ),
 ) -> None:
-    """What an observation gives away: batch size, labels, per-layer rank, applicable attacks."""
+    """What an observation gives away: batch size, labels, per-layer rank, applicable attacks,
+    and any malicious modification of the model the server sent (imprint, trap, fishing)."""
     from gradleak.analysis.report import analyze as analyze_observation
     from gradleak.devices import resolve_device
     from gradleak.records import write_json
     from gradleak.threat import load_observation
 
     resolve_device(device)  # an unusable device is refused here as everywhere
+    if _is_weights_file(observation):
+        _inspect_model(observation, json_file)
+        return
     loaded = load_observation(observation, model=model)
     _use_threads(threads)
     report = analyze_observation(loaded)
@@ -633,10 +657,50 @@ def analyze(
     for name, info in report["attacks"].items():
         table.add_row(name, "yes" if info["applies"] else "no", info["expect"])
     console.print(table)
+    _print_findings(report["server_modifications"])
     if "truth_check" in report:
         console.print(f"against the evaluation-only truth: {report['truth_check']}")
     if json_file is not None:
         console.print(f"report: {write_json(json_file, report)}")
+
+
+def _is_weights_file(path: Path) -> bool:
+    """Whether ``path`` is a model's weights file (not an observation)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return False  # load_observation says what is wrong with it
+    return "config" in metadata and "gradleak" not in metadata
+
+
+def _inspect_model(path: Path, json_file: Path | None) -> None:
+    """``analyze`` of a received model: the malicious modifications in its weights."""
+    from gradleak.malicious import detect_modifications
+    from gradleak.models.weights import read_model
+    from gradleak.records import write_json
+
+    received = read_model(path)
+    findings = [f.as_dict() for f in detect_modifications(received)]
+    console.print(f"[bold]{path}[/] (model {received.config['name']}): a received model")
+    _print_findings(findings)
+    if json_file is not None:
+        report = {"model": received.config["name"], "server_modifications": findings}
+        console.print(f"report: {write_json(json_file, report)}")
+
+
+def _print_findings(findings: list[dict]) -> None:
+    if not findings:
+        console.print("the model the server sent: no malicious modification found")
+        return
+    table = Table(title="malicious modifications of the model the server sent")
+    for column in ("modification", "layer", "evidence"):
+        table.add_column(column)
+    for finding in findings:
+        table.add_row(finding["name"], finding["layer"], finding["evidence"])
+    console.print(table)
 
 
 @contextmanager

@@ -2,8 +2,9 @@
 
 Combines the analyses of this package on the attacker's view of an observation: the batch size
 read from the gradients, the labels with their counts, R-GAP's per-layer rank analysis (how much
-each layer's gradient discards), and which attacks apply to this model and batch size, with what
-each is expected to recover.
+each layer's gradient discards), which attacks apply to this model and batch size, with what
+each is expected to recover, and the malicious modifications found in the model the server sent
+(:func:`gradleak.malicious.detect_modifications`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import Counter
 from gradleak.analysis.rank import layer_rank_analysis
 from gradleak.attacks import AttackContext, check_all
 from gradleak.gradient import estimate_batch_size, recover_labels
+from gradleak.malicious import detect_modifications
 from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
@@ -22,7 +24,9 @@ def analyze(observation: Observation, *, max_exact: int = 3000) -> dict:
 
     Returns a JSON-ready dict with ``batch_size_estimate`` (int), ``labels`` (one int per
     estimated sample), ``label_counts``, ``layers`` (per layer ``name``, ``unknowns``,
-    ``equations``, ``rank``, ...), ``attacks`` (name -> applicability and expectation), and,
+    ``equations``, ``rank``, ...), ``attacks`` (name -> applicability and expectation),
+    ``server_modifications`` (what a malicious server did to the model, found from its weights
+    alone: per finding ``name``, ``layer``, ``evidence``; empty for an honest model), and,
     when the observation carries evaluation-only ground truth, ``truth_check``.
     """
     view = observation.attacker_view()
@@ -45,6 +49,7 @@ def analyze(observation: Observation, *, max_exact: int = 3000) -> dict:
         "layers": layers,
         "discarded_total": sum(row.get("discarded", 0) for row in layers),
         "attacks": applicable_attacks(view, batch_size, model),
+        "server_modifications": [f.as_dict() for f in detect_modifications(model)],
     }
     if view.kind == "update":
         report["note"] = (

@@ -10,6 +10,9 @@ from scipy.optimize import linear_sum_assignment
 
 from gradleak.metrics.image import mse, psnr, ssim
 
+#: PSNR (dB) from which an image counts as recovered exactly (float32 round-off reaches 100+).
+EXACT_DB = 60.0
+
 
 def match_images(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """Order of reconstructed images that best matches ``truth`` (Hungarian on pairwise MSE).
@@ -52,6 +55,7 @@ class BatchScore:
             "psnr": float(self.psnr.mean()),
             "ssim": float(self.ssim.mean()),
             "mse": float(self.mse.mean()),
+            "exact_fraction": float((self.psnr >= EXACT_DB).float().mean()),
             "psnr_per_image": [round(float(v), 3) for v in self.psnr],
             "ssim_per_image": [round(float(v), 4) for v in self.ssim],
         }

@@ -106,3 +106,34 @@ def weight_drift(observed: dict[str, torch.Tensor], trained: dict[str, torch.Ten
         if value.is_floating_point() and name in observed:
             squared += float((observed[name].float() - value.float()).pow(2).sum())
     return math.sqrt(squared) / max(weight_norm(trained), 1e-30)
+
+
+def read_model(path: str | os.PathLike) -> ImageClassifier:
+    """The model a weights file written by :func:`save_weights` holds: rebuilt from the config
+    it records (a registry model only: your own model's file names code, which is never
+    imported from a file), then its weights loaded strictly."""
+    from safetensors import safe_open
+
+    from gradleak.models import custom
+    from gradleak.models.registry import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise GradleakError(f"weights file {path} does not exist")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            config = json.loads((handle.metadata() or {}).get("config", "null"))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise GradleakError(f"{path} is not a gradleak weights file ({err})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        raise GradleakError(f"{path} records no model config: not a gradleak weights file")
+    if custom.is_own_model(config["name"]):
+        raise GradleakError(
+            f"{path} holds your own model {config['name']}; build it in Python and use "
+            "load_weights (a weights file is data, not code)"
+        )
+    try:
+        model = build_model(**config)
+    except TypeError as err:
+        raise GradleakError(f"{path}: cannot rebuild the model it records ({err})") from None
+    return load_weights(model, path)
