@@ -99,33 +99,33 @@ def bundled_photos(size: int = 32, channels: int = 3) -> ImageSet:
     )
 
 
-def bundled_crops(
-    n: int, size: int = 32, channels: int = 3, *, generator: torch.Generator | None = None
-) -> torch.Tensor:
+@lru_cache(maxsize=4)
+def _crops(n: int, size: int, channels: int, seed: int) -> torch.Tensor:
+    from PIL import Image
+
+    photos = _bundled_array(192, channels)
+    draws = torch.rand(n, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    out = np.empty((n, size, size, channels), dtype=np.uint8)
+    for i, (which, side, left, top) in enumerate(draws.numpy()):
+        crop = int(24 + side * (192 - 24))
+        x, y = int(left * (192 - crop)), int(top * (192 - crop))
+        patch = photos[int(which * len(photos))][y : y + crop, x : x + crop]
+        resized = Image.fromarray(patch.squeeze(-1) if channels == 1 else patch).resize(
+            (size, size), Image.BILINEAR
+        )
+        out[i] = np.asarray(resized).reshape(size, size, channels)
+    return to_tensor(out)
+
+
+def bundled_crops(n: int, size: int = 32, channels: int = 3, *, seed: int = 0) -> torch.Tensor:
     """``n`` random square crops of the bundled photos (side 1/8 to all of the photo's
     192-pixel square, random place), resized to ``size``: (n, channels, size, size) in [0, 1].
 
     Natural-image statistics with no download, e.g. for a server calibrating its measurements
-    (:mod:`gradleak.malicious.imprint`).
+    (:mod:`gradleak.malicious.imprint`) or a client checking a model it received.
     """
-    from PIL import Image
-
     if not isinstance(n, int) or n < 1:
         raise GradleakError(f"n must be a positive integer, got {n!r}")
-    photos = _bundled_array(192, channels)
-    generator = generator or torch.Generator().manual_seed(0)
-    draws = torch.rand(n, 4, generator=generator, dtype=torch.float64).numpy()
-    out = np.empty((n, size, size, channels), dtype=np.uint8)
-    for i, (which, side, left, top) in enumerate(draws):
-        photo = photos[int(which * len(photos))]
-        crop = int(24 + side * (192 - 24))
-        x, y = int(left * (192 - crop)), int(top * (192 - crop))
-        patch = Image.fromarray(
-            photo[y : y + crop, x : x + crop].squeeze(-1)
-            if channels == 1
-            else photo[y : y + crop, x : x + crop]
-        )
-        out[i] = np.asarray(patch.resize((size, size), Image.BILINEAR)).reshape(
-            size, size, channels
-        )
-    return to_tensor(out)
+    if channels not in (1, 3):
+        raise GradleakError(f"channels must be 1 or 3, got {channels!r}")
+    return _crops(n, size, channels, seed).clone()

@@ -82,7 +82,7 @@ def _imprint(name: str, layer: nn.Linear) -> Finding | None:
     weight = layer.weight.detach().double().cpu()
     if layer.bias is None or len(weight) < MIN_BINS or weight.shape[1] < 2 or len(weight) > 16384:
         return None
-    rows = weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    rows = (weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-30)).float()
     groups: list[list[int]] = []
     unassigned = torch.ones(len(rows), dtype=torch.bool)
     for start in range(0, len(rows), 1024):  # chunks keep the Gram matrix small

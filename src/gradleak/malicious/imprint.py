@@ -131,7 +131,7 @@ def _auxiliary(model: ImageClassifier, data: str, context: ServerContext) -> tor
     if data.lower() == "bundled":
         from gradleak.data.bundled import bundled_crops  # lazy: needs Pillow
 
-        return bundled_crops(BUNDLED_CROPS, size, channels, generator=context.generator)
+        return bundled_crops(BUNDLED_CROPS, size, channels)
     from gradleak.data.auxiliary import auxiliary_images
 
     return auxiliary_images(data, size=size, channels=channels, exclude=context.private).images
