@@ -17,7 +17,7 @@ from gradleak.attacks.server_block import (
     made_by,
 )
 from gradleak.errors import GradleakError
-from gradleak.malicious.blocks import inserted_layer
+from gradleak.malicious.blocks import OPEN, inserted_layer
 
 
 @dataclass(frozen=True)
@@ -38,19 +38,50 @@ class ImprintSettings:
     same: float = 1e-3
 
 
+#: Round-off left in a bin by peeling, relative to the weight taken out of it.
+RESIDUAL = 1e-4
+#: An input this close to a bin's edge (relative to a bin's width) may lie in either
+#: neighbour: the client's float32 block, not this float64 reading, decided.
+BOUNDARY = 1e-4
+
+
 @dataclass
 class _Statistic:
-    """One statistic's bins: thresholds (K,) ascending, and per bin the weight-gradient sum
-    (K, C H W) and bias-gradient sum (K,) of the images in it (float64)."""
+    """One statistic's bins, ascending: the block's neurons that measure it, and per bin the
+    weight-gradient sum (K, C H W) and bias-gradient sum (K,) of the images in it (float64),
+    with how much weight peeling has taken out of each bin so far."""
 
-    direction: torch.Tensor
-    thresholds: torch.Tensor
-    weight: torch.Tensor
+    weight: torch.Tensor  # the neurons' rows (K, C H W) of the block's layer
     bias: torch.Tensor
+    ceiling: torch.Tensor
+    sums: torch.Tensor
+    counts: torch.Tensor
+    removed: torch.Tensor
 
-    def bin_of(self, inputs: torch.Tensor) -> torch.Tensor:
-        values = inputs @ self.direction
-        return (torch.searchsorted(self.thresholds, values, right=True) - 1).clamp(min=0)
+    @property
+    def sparse(self) -> bool:
+        return bool((self.ceiling[:-1] < OPEN).all())
+
+    def bin_of(self, reading: torch.Tensor, weight: torch.Tensor) -> int | None:
+        """The bin holding the input ``reading`` (normalized) of weight ``weight``: where the
+        block puts it, or, within round-off of a boundary, the neighbour that holds it."""
+        z = self.weight @ reading + self.bias
+        if self.sparse:
+            inside = torch.nonzero((z > 0) & (z < self.ceiling)).flatten()
+            if len(inside):
+                found = int(inside[0])
+            else:  # in a round-off gap between two bins
+                found = int(torch.minimum(z.abs(), (z - self.ceiling).abs()).argmin())
+            margin = torch.minimum(z[found].abs(), (z[found] - self.ceiling[found]).abs())
+        else:
+            found = max(0, int((z > 0).sum()) - 1)
+            margin = z.abs().min()
+        width = (self.bias.max() - self.bias.min()) / len(self.bias)  # a bin's mean width
+        if margin > BOUNDARY * width:
+            return found
+        near = [b for b in (found - 1, found, found + 1) if 0 <= b < len(self.counts)]
+        gain = [float(self.sums[b].norm() - (self.sums[b] - weight * reading).norm()) for b in near]
+        return near[gain.index(max(gain))]
 
 
 @register_attack
@@ -101,78 +132,91 @@ class ImprintAttack(Attack):
     def _statistics(self, context: AttackContext) -> list[_Statistic]:
         """The block's neurons grouped by their (shared) row, each group's bins isolated."""
         weight_grad, bias_grad = block_gradients(context)
-        layer = inserted_layer(context.model)
-        rows, group = torch.unique(layer.weight.detach().double(), dim=0, return_inverse=True)
+        block = context.model.net.inserted
+        layer = block.measure
+        weights, biases = layer.weight.detach().double(), layer.bias.detach().double()
+        rows, group = torch.unique(weights, dim=0, return_inverse=True)
         out = []
-        for j, row in enumerate(rows):
+        for j in range(len(rows)):
             members = torch.nonzero(group == j).flatten()
-            scale = row.norm()
-            thresholds = -layer.bias.detach().double()[members] / scale
-            order = thresholds.argsort()
-            members, thresholds = members[order], thresholds[order]
-            weight, bias = weight_grad.double()[members], bias_grad.double()[members]
-            weight[:-1] -= weight[1:].clone()  # bin [t_i, t_(i+1)) alone
-            bias[:-1] -= bias[1:].clone()
-            out.append(_Statistic(row / scale, thresholds, weight, bias))
+            members = members[(-biases[members]).argsort()]  # ascending thresholds
+            sums, counts = weight_grad.double()[members], bias_grad.double()[members]
+            statistic = _Statistic(
+                weights[members], biases[members], block.ceiling.double()[members],
+                sums, counts, torch.zeros_like(counts),
+            )  # fmt: skip
+            if not statistic.sparse:  # cumulative: bin [t_i, t_(i+1)) is a difference
+                sums[:-1] -= sums[1:].clone()
+                counts[:-1] -= counts[1:].clone()
+            out.append(statistic)
         return out
 
     def _nonempty(self, statistic: _Statistic, largest: float) -> torch.Tensor:
-        return torch.nonzero(statistic.bias.abs() > self.settings.tolerance * largest).flatten()
+        """Bins with an image left: above round-off (of the cumulative differences, and of the
+        images peeled off the bin)."""
+        floor = 0.0 if statistic.sparse else self.settings.tolerance * largest
+        floor = floor + RESIDUAL * statistic.removed
+        return torch.nonzero(statistic.counts.abs() > floor).flatten()
 
     def _peel(self, context, statistics, replay):
         """Single images read off the bins, each subtracted from its bins in every statistic
-        once read; and the class the replay matched (None without a replay)."""
-        largest = max(float(s.bias.abs().max()) for s in statistics)
+        once read; and the class the replay matched (None without one)."""
+        largest = max(float(s.counts.abs().max()) for s in statistics)
         read: list[torch.Tensor] = []
         classes: list[int | None] = []
         while len(read) < context.batch_size:
             found = False
             for statistic in statistics:
                 for k in self._nonempty(statistic, largest).tolist():
-                    weight = statistic.bias[k].clone()
-                    if abs(float(weight)) <= self.settings.tolerance * largest:
+                    if k not in self._nonempty(statistic, largest):
                         continue  # emptied by an earlier subtraction in this sweep
-                    reading = statistic.weight[k] / weight
-                    label = self._single(context, statistics, statistic, reading, weight, replay)
+                    weight = statistic.counts[k].clone()
+                    reading = statistic.sums[k] / weight
+                    label = self._single(context, statistics, statistic, k, reading, weight, replay)
                     if label is False:
                         continue
                     for other in statistics:
-                        b = int(other.bin_of(reading[None])[0])
-                        other.weight[b] -= weight * reading
-                        other.bias[b] -= weight
+                        b = other.bin_of(reading, weight)
+                        other.sums[b] -= weight * reading
+                        other.counts[b] -= weight
+                        other.removed[b] += weight.abs()
                     read.append(reading)
                     classes.append(label)
                     found = True
             if not found:
                 break
-        return read, classes
+        return read[: context.batch_size], classes[: context.batch_size]
 
-    def _single(self, context, statistics, statistic, reading, weight, replay):
-        """The class whose replay gives the bin's weight (a single image), None when it is one
-        without a replay, False when it is not one."""
+    def _single(self, context, statistics, statistic, bin_, reading, weight, replay):
+        """Whether a reading is one image: the class whose replay gives the bin's weight; or,
+        when no class does (no replay, or an image the model fits so well that its float32
+        gradient is round-off), None if a bin of another statistic reads the same image, both
+        bins untouched by peeling (residues of one image peeled off two bins agree too), else
+        False."""
         if replay is not None:
-            per_class = replay.weights(reading[None], replay.directions[:1])[0] / context.batch_size
-            error = (per_class - weight).abs() / weight.abs()
+            per_class = replay.weights(reading[None], replay.directions[:1])[0]
+            error = (per_class / context.batch_size - weight).abs() / weight.abs()
             best = int(error.argmin())
-            return best if float(error[best]) <= self.settings.match else False
-        for other in statistics:  # no replay: the same image alone in another statistic
-            if other is statistic:
-                continue
-            b = int(other.bin_of(reading[None])[0])
-            if other.bias[b].abs() > 0:
-                again = other.weight[b] / other.bias[b]
+            if float(error[best]) <= self.settings.match:
+                return best
+        if statistic.removed[bin_] > 0:
+            return False
+        for other in statistics:
+            b = None if other is statistic else other.bin_of(reading, weight)
+            if b is not None and other.counts[b] != 0 and other.removed[b] == 0:
+                again = other.sums[b] / other.counts[b]
                 if torch.allclose(again, reading, rtol=0, atol=self.settings.same):
                     return None
         return False
 
     def _mixtures(self, statistics, read) -> torch.Tensor:
         """Readings of the bins left, largest weight first (mixtures or unconfirmed images)."""
-        largest = max(float(s.bias.abs().max()) for s in statistics) or 1.0
+        largest = max(float(s.counts.abs().max()) for s in statistics) or 1.0
         readings, weights = [], []
         for statistic in statistics:
             bins = self._nonempty(statistic, largest)
-            readings.append(statistic.weight[bins] / statistic.bias[bins, None])
-            weights.append(statistic.bias[bins].abs())
+            readings.append(statistic.sums[bins] / statistic.counts[bins, None])
+            weights.append(statistic.counts[bins].abs())
         order = torch.cat(weights).argsort(descending=True)
         return torch.cat(readings)[order]
 

@@ -22,12 +22,18 @@ from torch import nn
 from gradleak.errors import GradleakError
 from gradleak.models import ImageClassifier
 
+#: The ceiling of a unit without one (ReLU): finite, so that weight files stay finite.
+OPEN = float(torch.finfo(torch.float32).max)
 INSERTED = "inserted"
 ORIGINAL = "original"
 
 
 class MeasurementBlock(nn.Module):
-    """``x + restore(relu(measure(flatten(x))))``, shaped like ``x``.
+    """``x + restore(clamp(measure(flatten(x)), 0, ceiling))``, shaped like ``x``.
+
+    ``ceiling`` (a buffer, one value per unit) is :data:`OPEN` for ReLU units; a lower one makes
+    a unit respond only to inputs between its threshold and threshold + ceiling (a "sparse"
+    bin: its gradient holds those images alone).
 
     Shape:
         - Input and output: ``(N, C, H, W)``; ``measure``: ``C H W -> units``; ``restore``:
@@ -39,9 +45,11 @@ class MeasurementBlock(nn.Module):
         size = math.prod(input_shape)
         self.measure = nn.Linear(size, units)
         self.restore = nn.Linear(units, size)
+        self.register_buffer("ceiling", torch.full((units,), OPEN))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = torch.relu(self.measure(x.flatten(1)))
+        z = self.measure(x.flatten(1))
+        hidden = torch.relu(z) - torch.relu(z - self.ceiling)
         return x + self.restore(hidden).view_as(x)
 
 
@@ -62,10 +70,11 @@ def insert_block(
     server: dict,
     measure: tuple[torch.Tensor, torch.Tensor],
     restore: tuple[torch.Tensor, torch.Tensor],
+    ceiling: torch.Tensor | None = None,
 ) -> ImageClassifier:
     """A copy of ``model`` behind a :class:`MeasurementBlock` with these ``(weight, bias)``
-    pairs; its config records ``server`` (what :func:`gradleak.models.build_model` needs to
-    rebuild it: ``server["units"]`` measurement neurons)."""
+    pairs (and ``ceiling``, default :data:`OPEN`); its config records ``server`` (what
+    :func:`gradleak.models.build_model` needs to rebuild it: ``server["units"]`` neurons)."""
     if "server" in model.config:
         raise GradleakError(
             f"the model already carries the server modification {model.config['server']['name']!r}"
@@ -75,6 +84,8 @@ def insert_block(
         for layer, (weight, bias) in ((block.measure, measure), (block.restore, restore)):
             layer.weight.copy_(weight)
             layer.bias.copy_(bias)
+        if ceiling is not None:
+            block.ceiling.copy_(ceiling)
     network = ModifiedNetwork(block, copy.deepcopy(model.net))
     out = ImageClassifier(network, {**model.config, "server": server})
     return out.to(model.mean.device).train(model.training)

@@ -25,7 +25,7 @@ import math
 import torch
 
 from gradleak.errors import GradleakError
-from gradleak.malicious.blocks import insert_block, restore_weights
+from gradleak.malicious.blocks import OPEN, insert_block, restore_weights
 from gradleak.malicious.registry import ServerContext, register_server
 from gradleak.models import ImageClassifier
 
@@ -45,6 +45,7 @@ def imprint(
     *,
     bins: int = 128,
     statistics: int = 3,
+    structure: str = "sparse",
     data: str = "bundled",
     gain: float = 1e-3,
 ) -> ImageClassifier:
@@ -53,6 +54,11 @@ def imprint(
     Args:
         bins: measurement neurons in all, split evenly over the statistics.
         statistics: how many image statistics the bins measure (1: Fowl et al.'s imprint).
+        structure: ``"sparse"``: each neuron responds between its threshold and the next
+            (``clamp(s - t_i, 0, t_(i+1) - t_i)``), so its gradient holds its bin's images
+            alone, however small their gradients; ``"cumulative"``: ReLU neurons (Fowl et al.'s
+            main design), bins isolated by differences, where images the model already fits
+            (tiny gradients) drown in the others' round-off.
         data: the server's auxiliary images whose statistics place the thresholds:
             ``"bundled"`` (random crops of the photos shipped with scikit-image) or any image
             source of :func:`gradleak.data.auxiliary.auxiliary_images` (``cifar10:aux``, a
@@ -67,6 +73,8 @@ def imprint(
         )
     if not isinstance(gain, int | float) or not 0 < gain <= 1:
         raise GradleakError(f"imprint's gain must lie in (0, 1], got {gain!r}")
+    if structure not in ("sparse", "cumulative"):
+        raise GradleakError(f"imprint's structure is sparse or cumulative, got {structure!r}")
     size = math.prod(model.input_shape)
     directions = statistic_directions(size, statistics, context.generator)
     auxiliary = _auxiliary(model, str(data), context)
@@ -76,24 +84,27 @@ def imprint(
             f"{data!r} has only {len(auxiliary)}"
         )
     observed = _normalized(model, auxiliary).double() @ directions.T  # (N, statistics)
-    rows, thresholds = [], []
+    rows, thresholds, ceilings = [], [], []
     for j, share in enumerate(_split(bins, statistics)):
         lowest = _lowest(model, directions[j])
         levels = torch.arange(1, share, dtype=torch.float64) / share
-        inner = torch.quantile(observed[:, j], levels)
-        thresholds.append(torch.cat([lowest.view(1), inner]))
+        edges = torch.cat([lowest.view(1), torch.quantile(observed[:, j], levels)])
+        thresholds.append(edges)
         rows.append(directions[j].expand(share, size))
+        widths = torch.cat([edges.diff(), torch.tensor([OPEN], dtype=torch.float64)])
+        ceilings.append(widths if structure == "sparse" else torch.full_like(widths, OPEN))
     measure = (torch.cat(rows).float(), -torch.cat(thresholds).float())
     restore = restore_weights(bins, size, float(gain), context.generator, shared=True)
     record = {
         "name": "imprint",
         "bins": bins,
         "statistics": statistics,
+        "structure": structure,
         "data": str(data),
         "gain": gain,
         "units": bins,
     }
-    return insert_block(model, record, measure, restore)
+    return insert_block(model, record, measure, restore, torch.cat(ceilings).float())
 
 
 def statistic_directions(size: int, count: int, generator: torch.Generator) -> torch.Tensor:
