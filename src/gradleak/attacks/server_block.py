@@ -54,7 +54,7 @@ def assemble_batch(
     known = torch.stack(read) if read else rest.new_zeros(0, rest.shape[1])
     if len(rest):
         pool = torch.cat([known, rest])
-        firsts, _ = distinct(pool, same)
+        firsts, _, _ = distinct(pool, same)
         rest = pool[firsts[firsts >= len(known)]]
         pixels = to_pixels(model, rest)
         outside = (pixels - pixels.clamp(0, 1)).abs().flatten(1).amax(1)
@@ -117,15 +117,18 @@ class Replay:
         return (self.directions @ gradient.flatten().double()) * active.double()
 
 
-def distinct(readings: torch.Tensor, atol: float) -> tuple[torch.Tensor, torch.Tensor]:
+def distinct(
+    readings: torch.Tensor, atol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Readings (N, D) grouped when they agree to ``atol`` everywhere: the index of each group's
-    first reading, and how many readings each group has."""
+    first reading, how many readings each group has, and each reading's group's first."""
     if len(readings) == 0:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, empty
     close = torch.cdist(readings, readings, p=float("inf")) <= atol
     group = close.float().argmax(1)  # the first reading each one agrees with
     firsts, counts = torch.unique(group, return_counts=True)
-    return firsts, counts
+    return firsts, counts, group
 
 
 def class_labels(context: AttackContext, classes: list) -> torch.Tensor:

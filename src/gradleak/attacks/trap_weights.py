@@ -27,7 +27,6 @@ class TrapWeightsSettings:
     """Settings of :class:`TrapWeightsAttack`.
 
     Attributes:
-        tolerance: rows whose bias gradient is below this fraction of the largest hold no image.
         match: a row holds one image when its bias gradient agrees, to this relative error,
             with the one the image read off it gives, replayed through the model, for a class.
         same: readings that agree to this (normalized input units) are one image.
@@ -35,10 +34,13 @@ class TrapWeightsSettings:
             al.'s single reading of every row).
     """
 
-    tolerance: float = 1e-6
     match: float = 1e-4
     same: float = 1e-3
     peel: bool = True
+
+
+#: Round-off left in a row by peeling, relative to the weight taken out of it.
+RESIDUAL = 1e-4
 
 
 @register_attack
@@ -64,12 +66,10 @@ class TrapWeightsAttack(Attack):
 
     def reconstruct(self, context: AttackContext) -> Reconstruction:
         settings = self.settings
-        if not 0 <= settings.tolerance < 1 or not 0 < settings.match < 1 or settings.same <= 0:
-            raise GradleakError(
-                "trap_weights needs tolerance in [0, 1), match in (0, 1) and same > 0"
-            )
+        if not 0 < settings.match < 1 or settings.same <= 0:
+            raise GradleakError("trap_weights needs match in (0, 1) and same > 0")
         weight_grad, bias_grad = (g.double().clone() for g in block_gradients(context))
-        floor = settings.tolerance * float(bias_grad.abs().max())
+        floor = torch.zeros_like(bias_grad)  # a row no image reached is exactly zero
         replay = Replay.of(context)
         if replay is None:
             read, classes, rest = self._agreeing(weight_grad, bias_grad, floor)
@@ -88,27 +88,42 @@ class TrapWeightsAttack(Attack):
         )
 
     def _peel(self, context, replay, weight_grad, bias_grad, floor):
+        """Images read off the rows and peeled off every row they activate: those whose replay
+        gives the row's bias gradient for some class, and those that several untouched rows
+        read alike (an image the model fits so well that its float32 gradient is round-off
+        fails the replay; its rows are cleared)."""
         read: list[torch.Tensor] = []
-        classes: list[int] = []
+        classes: list[int | None] = []
         size = context.batch_size
+        removed = torch.zeros_like(bias_grad)  # weight taken out of each row so far
         while len(read) < size:
-            rows, readings = _readings(weight_grad, bias_grad, floor)
+            rows, readings = _readings(weight_grad, bias_grad, floor + RESIDUAL * removed)
             if not len(rows):
                 break
             per_class = replay.weights(readings, replay.directions[rows]) / size
             error = (per_class - bias_grad[rows, None]).abs() / bias_grad[rows, None].abs()
             best, labels = error.min(1)
-            single = best <= self.settings.match
-            if not single.any():
+            matched = best <= self.settings.match
+            _, counts, group = distinct(readings, self.settings.same)
+            untouched = removed[rows] == 0
+            agreeing = torch.bincount(group[untouched], minlength=len(rows))[group] >= 2
+            accepted = torch.nonzero(matched | (untouched & agreeing)).flatten()
+            if not len(accepted):
                 break
-            readings, labels = readings[single], labels[single]
-            firsts, _ = distinct(readings, self.settings.same)
-            for i in firsts.tolist():
-                contribution = replay.contribution(readings[i], int(labels[i])) / size
-                weight_grad -= contribution[:, None] * readings[i]
-                bias_grad -= contribution
+            for i in distinct(readings[accepted], self.settings.same)[0].tolist():
+                i = int(accepted[i])
+                if matched[i]:
+                    taken = replay.contribution(readings[i], int(labels[i])) / size
+                    classes.append(int(labels[i]))
+                else:  # the rows that read it hold it alone
+                    taken = torch.zeros_like(bias_grad)
+                    same = rows[(group == group[i]) & untouched]
+                    taken[same] = bias_grad[same]
+                    classes.append(None)
+                weight_grad -= taken[:, None] * readings[i]
+                bias_grad -= taken
+                removed += taken.abs()
                 read.append(readings[i])
-                classes.append(int(labels[i]))
             if not self.settings.peel:
                 break
         return read[:size], classes[:size]
@@ -118,7 +133,7 @@ class TrapWeightsAttack(Attack):
         then one reading of every other group, smallest bias gradient first (a mixture sums
         several images' weights: 0.44 vs 0.31 of a batch of 64 exact on train-mode ResNet-20)."""
         readings = _readings(weight_grad, bias_grad, floor)[1]
-        firsts, counts = distinct(readings, self.settings.same)
+        firsts, counts, _ = distinct(readings, self.settings.same)
         order = counts.argsort(descending=True, stable=True)
         firsts, counts = firsts[order], counts[order]
         read = [readings[i] for i in firsts[counts >= 2].tolist()]
@@ -127,9 +142,10 @@ class TrapWeightsAttack(Attack):
 
 
 def _readings(weight_grad, bias_grad, floor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows above ``floor`` and their readings, largest bias gradient first."""
+    """Rows above ``floor`` (one value per row) and their readings, largest bias gradient
+    first."""
     rows, readings = rows_as_inputs(weight_grad, bias_grad, 0.0)
-    keep = bias_grad[rows].abs() > floor
+    keep = bias_grad[rows].abs() > floor[rows]
     rows, readings = rows[keep], readings[keep]
     order = bias_grad[rows].abs().argsort(descending=True)
     return rows[order], readings[order]

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from gradleak.errors import GradleakError
+from gradleak.gradient.structure import output_layer
 from gradleak.models import ImageClassifier
 
 #: Rows whose cosine similarity exceeds this repeat one measurement.
@@ -151,10 +153,10 @@ def _trap(model, name: str, layer: nn.Linear, images: torch.Tensor | None) -> Fi
 
 
 def _fishing(model: ImageClassifier) -> Finding | None:
-    head = _head(model)
-    if head is None:
+    try:
+        name, layer = output_layer(model)
+    except GradleakError:  # no head to fish with
         return None
-    name, layer = head
     weight = layer.weight.detach().double().cpu()
     for target in range(len(weight)):
         others = torch.cat([weight[:target], weight[target + 1 :]])
@@ -171,13 +173,3 @@ def _fishing(model: ImageClassifier) -> Finding | None:
                 f"silenced, the gradient keeps the images of class {target}",
             )
     return None
-
-
-def _head(model: ImageClassifier) -> tuple[str, nn.Linear] | None:
-    classes = model.config.get("num_classes")
-    heads = [
-        (n, m)
-        for n, m in model.net.named_modules()
-        if isinstance(m, nn.Linear) and m.out_features == classes
-    ]
-    return heads[-1] if heads else None

@@ -17,6 +17,7 @@ from torch import nn
 
 from gradleak.errors import GradleakError
 from gradleak.models import custom
+from gradleak.models.server_block import wrap_for_server
 from gradleak.models.weights import load_weights
 from gradleak.models.wrapper import ImageClassifier
 
@@ -198,8 +199,6 @@ def build_model(
             architecture=custom.architecture_digest(net.state_dict()),
         )
     if server is not None:
-        from gradleak.malicious.blocks import wrap_for_server  # lazy: it imports this package
-
         net = wrap_for_server(net, server, (in_channels, image_size, image_size))
         config["server"] = dict(server)
     model = ImageClassifier(net, config)
