@@ -58,66 +58,24 @@ import argparse
 import contextlib
 import json
 import logging
-import platform
 import re
 import sys
 import time
 import traceback
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
+
+# The torchvision workaround and the versions, shared with breaching's other side script (this
+# folder is on sys.path when the script runs).
+from breaching_side import import_breaching, versions
 from safetensors.torch import load_file, save_file
 
 FORMAT = "imprint_breaching_side/1"
 OUT_DIR = "breaching_imprint"
 IMAGE_SHAPE = (3, 32, 32)
 ATTACK_LOGGER = "breaching.attacks.analytic_attack"
-
-_TORCHVISION_LIBRARY = None  # keeps the schema definitions alive
-
-
-def import_breaching():
-    """``import breaching`` with the torchvision workaround of ``/work/shared/bench/breaching.md``.
-
-    The CUDA-only torchvision wheels cannot load their compiled ops beside CPU torch, and
-    ``torchvision/_meta_registrations.py`` then fails on the missing ``nms``/``qnms`` schemas;
-    defining the two schemas before the first ``import torchvision`` fixes the import (breaching
-    uses no compiled torchvision op).
-    """
-    global _TORCHVISION_LIBRARY
-    if "torchvision" not in sys.modules and _TORCHVISION_LIBRARY is None:
-        library = torch.library.Library("torchvision", "DEF")
-        for schema in (
-            "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-            "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-        ):
-            # Already defined only where torchvision's own compiled ops loaded.
-            with contextlib.suppress(RuntimeError):
-                library.define(schema)
-        _TORCHVISION_LIBRARY = library
-    import breaching
-
-    return breaching
-
-
-def versions() -> dict:
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "breaching": version("breaching"),
-        "torch": torch.__version__,
-        "torchvision": version("torchvision"),
-        "hydra-core": version("hydra-core"),
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
 
 
 def build_config(breaching, settings: dict):
