@@ -19,8 +19,9 @@
 
 Batches: ``--trials`` batches drawn at random (seeded) from the shared JPEG copies of the
 10,000 CIFAR-10 test images (the truth is whatever the client holds); the server's auxiliary
-images are the other test images (never the batch). Downstream models: LeNet (seeded, no
-BatchNorm) and trained ResNet-20 in eval mode (the BatchNorm buffers sent, as breaching's users).
+images are the other test images (never the batch). Downstream models: a random linear
+classifier (as on breaching's side), LeNet (seeded, no BatchNorm) and trained ResNet-20 in eval
+mode (BatchNorm buffers sent, as breaching's users).
 
     python benchmarks/malicious_servers.py [--out benchmarks/results] [--parts imprint,...]
         [--trials 5] [--threads 1] [--breaching-python /work/venv-breaching/bin/python]
@@ -69,9 +70,14 @@ def batch(images, labels, size: int, trial: int) -> tuple[torch.Tensor, torch.Te
     return images[pick[:size]], labels[pick[:size]]
 
 
+LINEAR = str(HERE / "linear_classifier.py") + ":linear"  # breaching's side's downstream model
+
+
 def downstream(name: str):
     if name == "resnet20":
         return build_model("resnet20", weights="pretrained"), "eval"
+    if name == "linear":
+        return build_model(LINEAR, normalization="cifar10"), "train"
     return build_model(name), "train"
 
 
@@ -153,7 +159,7 @@ def imprint_part(args, images, labels, size: int, clients: int) -> dict:
     rows: dict[str, list[dict]] = {}
     for trial in range(args.trials):
         x, y = batch(images, labels, size, trial)
-        for model_name in ("lenet", "resnet20"):
+        for model_name in ("linear", "lenet", "resnet20"):
             for variant, spec in IMPRINT_VARIANTS.items():
                 key = f"{variant} on {model_name}"
                 rows.setdefault(key, []).append(
