@@ -138,3 +138,14 @@ def test_cli_observe_server_and_analyze(tmp_path, monkeypatch, capsys):
     )  # fmt: skip
     assert code == 2
     assert "has no parameter 'bogus'" in one_error_line(err)
+
+
+def test_gradleak_list_names_every_server_and_its_attack():
+    from gradleak import catalog
+    from gradleak.attacks import ATTACKS
+    from gradleak.malicious import SERVERS
+
+    assert catalog.servers() == {
+        name: f"{server.summary} (attack: {server.attack})" for name, server in SERVERS.items()
+    }
+    assert all(server.attack in ATTACKS for server in SERVERS.values())
