@@ -11,8 +11,9 @@
    Boenisch et al.'s single reading of every neuron; and without a replay (train-mode
    BatchNorm).
 4. ``fishing``: class fishing, batch 64 on ResNet-20 (the shared trained weights, eval-mode
-   BatchNorm): the target image's PSNR/SSIM, beside Inverting Gradients at the same budget on
-   the honest model's gradient of the same batch.
+   BatchNorm): the target image's PSNR/SSIM, beside Inverting Gradients on the honest model's
+   gradient of the same batch; ``isolation``: how much of the gradient below the head is the
+   target image's own (cosine), honest vs fished.
 5. ``detection``: ``detect_modifications`` on every modification at the strengths above and
    beyond, on LeNet, mlp4 and trained ResNet-20 (true positives), and on every registry model
    with seeds 0-2 and the trained ResNets (false positives).
@@ -55,7 +56,7 @@ from gradleak.records import environment, write_json
 from gradleak.threat import observe
 
 HERE = Path(__file__).parent
-PARTS = ("imprint", "aggregation", "trap", "fishing", "detection")
+PARTS = ("imprint", "aggregation", "trap", "fishing", "isolation", "detection")
 DATA = "cifar10/test_jpeg_q75.npz"
 
 
@@ -233,6 +234,31 @@ def fishing_part(args, images, labels) -> dict:
     }
 
 
+def isolation_part(args, images, labels) -> dict:
+    """How much of the batch gradient below the head is the target image's own: the cosine
+    similarity of the two, on the honest and on the fished model (fishing's batches)."""
+    model = build_model("resnet20", weights="pretrained")
+    out = []
+    for trial in range(args.fishing_trials):
+        x, y = batch(images, labels, 64, trial)
+        counts = torch.bincount(y, minlength=10)
+        target = int(torch.argmin(torch.where(counts > 0, counts, 10_000)))
+        index = int(torch.nonzero(y == target)[0])
+        row = {"target_class": target, "images_of_target": int(counts[target])}
+        for what, sent in (
+            ("honest", model),
+            ("fishing", modify_model(model, f"fishing:target={target}")),
+        ):
+            whole = observe(sent, x, y, bn_mode="eval").gradients
+            alone = observe(sent, x[index : index + 1], y[index : index + 1], bn_mode="eval")
+            below = [k for k in whole if not k.startswith("linear.")]
+            a = torch.cat([whole[k].flatten() for k in below])
+            b = torch.cat([alone.gradients[k].flatten() for k in below])
+            row[what] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+        out.append(row)
+    return {"trials": out}
+
+
 DETECTED = [
     "imprint:bins=8,statistics=1",
     "imprint:bins=128,statistics=1",
@@ -329,6 +355,20 @@ def markdown(report: dict) -> str:
                 f"{h['psnr']:.2f} dB / {h['ssim']:.3f} ({h['seconds']:.0f}) | "
                 f"{row['gray_psnr']:.2f} dB |"
             )
+    if "isolation" in report:
+        lines += [
+            "",
+            "Cosine similarity, below the head, of the batch gradient and the target image's "
+            "own gradient (same batches):",
+            "",
+            "| batch | target class (its images) | honest model | fished model |",
+            "|---|---|---|---|",
+        ]
+        for i, row in enumerate(report["isolation"]["trials"]):
+            lines.append(
+                f"| {i} | {row['target_class']} ({row['images_of_target']}) | "
+                f"{row['honest']:.3f} | {row['fishing']:.4f} |"
+            )
     if "detection" in report:
         part = report["detection"]
         lines += [
@@ -379,6 +419,8 @@ def main() -> None:
             report[part] = trap_part(args, images, labels)
         elif part == "fishing":
             report[part] = fishing_part(args, images, labels)
+        elif part == "isolation":
+            report[part] = isolation_part(args, images, labels)
         elif part == "detection":
             report[part] = detection_part(args)
         else:
