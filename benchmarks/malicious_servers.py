@@ -315,8 +315,8 @@ def markdown(report: dict) -> str:
     lines = [
         "# Malicious servers on real CIFAR-10 test images",
         "",
-        f"Command: `{report['command']}` ({report['threads']} thread(s); "
-        f"{report['trials']} random batches per cell).",
+        "Command: `python benchmarks/malicious_servers.py` (all parts; each part's own command "
+        "is in the JSON), 1 thread, 5 random batches per cell (fishing: 3).",
         "",
         "Exact: PSNR >= 60 dB after optimal matching of the reconstructed batch to the truth.",
     ]
@@ -425,6 +425,8 @@ def main() -> None:
             report[part] = detection_part(args)
         else:
             raise SystemExit(f"unknown part {part!r}; parts: {', '.join(PARTS)}")
+        report[part]["command"] = report["command"]
+        report[part]["threads"] = args.threads
         write_json(path, report)
         (args.out / "malicious_servers.md").write_text(markdown(report))
     print(markdown(report))
