@@ -146,6 +146,6 @@ def test_gradleak_list_names_every_server_and_its_attack():
     from gradleak.malicious import SERVERS
 
     assert catalog.servers() == {
-        name: f"{server.summary} (attack: {server.attack})" for name, server in SERVERS.items()
+        name: f"{server.usage()} (attack: {server.attack})" for name, server in SERVERS.items()
     }
     assert all(server.attack in ATTACKS for server in SERVERS.values())

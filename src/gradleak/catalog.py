@@ -60,16 +60,25 @@ def defenses() -> dict[str, str]:
 
 
 def servers() -> dict[str, str]:
-    """Malicious-server modification name -> ``summary (attack: NAME)`` for every
-    ``@register_server(name, summary, attack=...)``."""
+    """Malicious-server modification name -> ``name:key=default,...  summary (attack: NAME)``
+    for every function decorated with ``@register_server(name, summary, attack=...)``."""
     found = {}
     for tree in _trees("malicious"):
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and _name(node.func) == "register_server":
-                name, summary = ([_literal(a) for a in node.args[:2]] + [None] * 2)[:2]
-                keywords = {k.arg: _literal(k.value) for k in node.keywords if k.arg}
-                if isinstance(name, str):
-                    found[name] = f"{summary} (attack: {keywords.get('attack')})"
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for decorator in node.decorator_list:
+                if isinstance(decorator, ast.Call) and _name(decorator.func) == "register_server":
+                    name, summary = ([_literal(a) for a in decorator.args[:2]] + [None] * 2)[:2]
+                    keywords = {k.arg: _literal(k.value) for k in decorator.keywords if k.arg}
+                    params = [  # a required parameter has no default node
+                        arg.arg if default is None else f"{arg.arg}={_literal(default)}"
+                        for arg, default in zip(
+                            node.args.kwonlyargs, node.args.kw_defaults, strict=True
+                        )
+                    ]
+                    head = name + (":" + ",".join(params) if params else "")
+                    found[name] = f"{head}  {summary} (attack: {keywords.get('attack')})"
     return dict(sorted(found.items()))
 
 

@@ -297,10 +297,10 @@ def observe(
         "honest",
         "--server",
         help="The server that sent the model: honest, or a malicious one that modified it, "
-        "NAME[:key=value,...]: imprint:bins=128,statistics=3,data=bundled (Fowl et al.), "
-        "trap:neurons=1000,scale=0.95 (Boenisch et al.), fishing:target=K (Wen et al.); the "
-        "attack of the same name reads it (imprint, trap_weights, fishing). Parameters: "
-        "`gradleak list`.",
+        "NAME[:key=value,...]: imprint:bins=128,statistics=3,structure=sparse,data=bundled "
+        "(Fowl et al.), trap:neurons=1000,scale=0.95 (Boenisch et al.), "
+        "fishing:target=K,margin=100 (Wen et al.); the attack named in `gradleak list` reads "
+        "it (imprint, trap_weights, fishing). Every parameter and default: `gradleak list`.",
     ),
     threads: int = _threads_option(),
     device: str = _device_option("the client's training step runs"),
