@@ -193,15 +193,21 @@ def trap_part(args, images, labels) -> dict:
     return {"neurons": 1000, "rows": summarize(rows)}
 
 
+def fishing_batch(images, labels, trial: int):
+    """Fishing's batch of 64, its target (the rarest class) and that class's first image, and
+    the start of its result row."""
+    x, y = batch(images, labels, 64, trial)
+    counts = torch.bincount(y, minlength=10)
+    target = int(torch.argmin(torch.where(counts > 0, counts, 10_000)))
+    index = int(torch.nonzero(y == target)[0])
+    return x, y, target, index, {"target_class": target, "images_of_target": int(counts[target])}
+
+
 def fishing_part(args, images, labels) -> dict:
     model = build_model("resnet20", weights="pretrained")
     out = []
     for trial in range(args.fishing_trials):
-        x, y = batch(images, labels, 64, trial)
-        counts = torch.bincount(y, minlength=10)
-        target = int(torch.argmin(torch.where(counts > 0, counts, 10_000)))
-        index = int(torch.nonzero(y == target)[0])
-        row = {"target_class": target, "images_of_target": int(counts[target])}
+        x, y, target, index, row = fishing_batch(images, labels, trial)
         for what, sent, attack, iterations in (
             ("fishing", modify_model(model, f"fishing:target={target}"), "fishing",
              args.fishing_iterations),
@@ -240,11 +246,7 @@ def isolation_part(args, images, labels) -> dict:
     model = build_model("resnet20", weights="pretrained")
     out = []
     for trial in range(args.fishing_trials):
-        x, y = batch(images, labels, 64, trial)
-        counts = torch.bincount(y, minlength=10)
-        target = int(torch.argmin(torch.where(counts > 0, counts, 10_000)))
-        index = int(torch.nonzero(y == target)[0])
-        row = {"target_class": target, "images_of_target": int(counts[target])}
+        x, y, target, index, row = fishing_batch(images, labels, trial)
         for what, sent in (
             ("honest", model),
             ("fishing", modify_model(model, f"fishing:target={target}")),

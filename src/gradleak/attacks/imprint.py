@@ -113,9 +113,10 @@ class ImprintAttack(Attack):
         if not 0 <= settings.tolerance < 1 or not 0 < settings.match < 1:
             raise GradleakError("imprint's tolerance must lie in [0, 1) and match in (0, 1)")
         statistics = self._statistics(context)
+        largest = max(float(s.counts.abs().max()) for s in statistics) or 1.0
         replay = Replay.of(context)
-        read, classes = self._peel(context, statistics, replay)
-        rest = self._mixtures(statistics, read)
+        read, classes = self._peel(context, statistics, replay, largest)
+        rest = self._mixtures(statistics, largest)
         context.progress(1, 1)
         images = assemble_batch(context, read, rest, settings.same)
         labels = class_labels(context, classes)
@@ -151,24 +152,27 @@ class ImprintAttack(Attack):
             out.append(statistic)
         return out
 
-    def _nonempty(self, statistic: _Statistic, largest: float) -> torch.Tensor:
-        """Bins with an image left: above round-off (of the cumulative differences, and of the
-        images peeled off the bin)."""
-        floor = 0.0 if statistic.sparse else self.settings.tolerance * largest
-        floor = floor + RESIDUAL * statistic.removed
-        return torch.nonzero(statistic.counts.abs() > floor).flatten()
+    def _floor(self, statistic: _Statistic, largest: float) -> torch.Tensor:
+        """Per bin, the weight below which it holds no image: round-off of the cumulative
+        differences (``largest``: the largest bin weight before peeling), and of the images
+        peeled off the bin."""
+        base = 0.0 if statistic.sparse else self.settings.tolerance * largest
+        return base + RESIDUAL * statistic.removed
 
-    def _peel(self, context, statistics, replay):
+    def _nonempty(self, statistic: _Statistic, largest: float) -> torch.Tensor:
+        """Bins with an image left."""
+        return torch.nonzero(statistic.counts.abs() > self._floor(statistic, largest)).flatten()
+
+    def _peel(self, context, statistics, replay, largest: float):
         """Single images read off the bins, each subtracted from its bins in every statistic
         once read; and the class the replay matched (None without one)."""
-        largest = max(float(s.counts.abs().max()) for s in statistics)
         read: list[torch.Tensor] = []
         classes: list[int | None] = []
         while len(read) < context.batch_size:
             found = False
             for statistic in statistics:
                 for k in self._nonempty(statistic, largest).tolist():
-                    if k not in self._nonempty(statistic, largest):
+                    if statistic.counts[k].abs() <= self._floor(statistic, largest)[k]:
                         continue  # emptied by an earlier subtraction in this sweep
                     weight = statistic.counts[k].clone()
                     reading = statistic.sums[k] / weight
@@ -209,9 +213,8 @@ class ImprintAttack(Attack):
                     return None
         return False
 
-    def _mixtures(self, statistics, read) -> torch.Tensor:
+    def _mixtures(self, statistics, largest: float) -> torch.Tensor:
         """Readings of the bins left, largest weight first (mixtures or unconfirmed images)."""
-        largest = max(float(s.counts.abs().max()) for s in statistics) or 1.0
         readings, weights = [], []
         for statistic in statistics:
             bins = self._nonempty(statistic, largest)
@@ -219,6 +222,3 @@ class ImprintAttack(Attack):
             weights.append(statistic.counts[bins].abs())
         order = torch.cat(weights).argsort(descending=True)
         return torch.cat(readings)[order]
-
-    def guess_batch_size(self, observation) -> int | None:
-        return None

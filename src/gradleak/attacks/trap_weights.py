@@ -104,7 +104,7 @@ class TrapWeightsAttack(Attack):
             error = (per_class - bias_grad[rows, None]).abs() / bias_grad[rows, None].abs()
             best, labels = error.min(1)
             matched = best <= self.settings.match
-            _, counts, group = distinct(readings, self.settings.same)
+            _, _, group = distinct(readings, self.settings.same)
             untouched = removed[rows] == 0
             agreeing = torch.bincount(group[untouched], minlength=len(rows))[group] >= 2
             accepted = torch.nonzero(matched | (untouched & agreeing)).flatten()
