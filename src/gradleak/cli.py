@@ -21,9 +21,12 @@ from gradleak.console import (
     _progress,
     _resumable,
     console,
+    keeps,
     run_app,
+    stages,
 )
 from gradleak.errors import GradleakError
+from gradleak.paths import output_file, output_folder
 
 app = typer.Typer(
     add_completion=False,
@@ -35,7 +38,38 @@ THREADS_HELP = "CPU threads per process (default: 1 for small models and sweep w
 
 
 def _threads_option():
-    return typer.Option(None, "--threads", min=1, envvar="GRADLEAK_THREADS", help=THREADS_HELP)
+    return typer.Option(
+        None, "--threads", min=1, max=MAX_THREADS, envvar="GRADLEAK_THREADS", help=THREADS_HELP
+    )
+
+
+# Bounds of sizes and counts given on the command line: generous for real use, small enough that
+# a typo fails in one line instead of allocating (or looping) for ever.
+MAX_THREADS = 1024
+MAX_IMAGE_SIZE = 4096
+MAX_IMAGES = 1_000_000
+MAX_STEPS = 10_000_000
+MAX_RESTARTS = 10_000
+MAX_SEED = 2**32 - 1
+MAX_CLIENTS = 100_000
+MAX_CLASSES = 100_000
+MAX_WIDTH = 1_000_000
+
+
+def _seed_option(default, help_text: str):
+    return typer.Option(default, min=0, max=MAX_SEED, help=help_text)
+
+
+def _steps_option(default, help_text: str):
+    return typer.Option(default, min=1, max=MAX_STEPS, help=help_text)
+
+
+def _restarts_option(help_text: str):
+    return typer.Option(None, min=1, max=MAX_RESTARTS, help=help_text)
+
+
+def _n_images_option(help_text: str):
+    return typer.Option(None, "--n-images", min=1, max=MAX_IMAGES, help=help_text)
 
 
 DEVICE_HELP = "auto (a GPU if torch sees one, else the CPU), cpu, cuda, cuda:1 or mps: where {}."
@@ -50,6 +84,7 @@ def _execute(experiment, out: Path, options) -> dict:
     interrupted."""
     from gradleak.experiments.runner import run_experiment
 
+    output_folder(out)
     console.print(f"[bold]{experiment.name}[/]: {experiment.description}", highlight=False)
     kept = f"every finished case is kept in {out} (results.json, cases/)"
     with _resumable(kept), _progress() as progress:
@@ -70,7 +105,7 @@ def _options(**values):
 @app.command()
 def demo(
     out: Path = typer.Option(Path("gradleak-demo"), help="Output folder."),
-    seed: int = typer.Option(None, help="Random seed."),
+    seed: int = _seed_option(None, "Random seed."),
     threads: int = _threads_option(),
     device: str = _device_option(),
 ) -> None:
@@ -88,15 +123,19 @@ def run(
     preset: str = typer.Argument(..., help="Preset name (see `gradleak list`)."),
     out: Path = typer.Option(None, help="Output folder (default runs/PRESET)."),
     images: str = typer.Option(None, help=IMAGES_HELP),
-    n_images: int = typer.Option(None, "--n-images", min=1, help="How many images to use."),
-    iterations: int = typer.Option(None, min=1, help="Optimizer steps per attack."),
-    restarts: int = typer.Option(None, min=1, help="Random restarts per attack."),
-    seed: int = typer.Option(None, help="Random seed (model init and attacks)."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Client batch size."),
+    n_images: int = _n_images_option("How many images to use."),
+    iterations: int = _steps_option(None, "Optimizer steps per attack."),
+    restarts: int = _restarts_option("Random restarts per attack."),
+    seed: int = _seed_option(None, "Random seed (model init and attacks)."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", min=1, max=MAX_IMAGES, help="Client batch size."
+    ),
     model: str = typer.Option(None, help="Attack another registered model (e.g. resnet56)."),
     threads: int = _threads_option(),
     device: str = _device_option(),
-    workers: int = typer.Option(1, min=1, help="Cases run in parallel (processes)."),
+    workers: int = typer.Option(
+        1, min=1, max=MAX_THREADS, help="Cases run in parallel (processes)."
+    ),
     backend: str = typer.Option("local", help="local (processes here) or ray."),
     address: str = typer.Option(None, help="Ray cluster to join (default: start one)."),
 ) -> None:
@@ -126,11 +165,13 @@ def sweep(
     grid: Path = typer.Argument(..., help="TOML grid file (see the README and examples/)."),
     out: Path = typer.Option(..., help="Output folder."),
     images: str = typer.Option(None, help=IMAGES_HELP + " Overrides the file's."),
-    n_images: int = typer.Option(None, "--n-images", min=1, help="How many images to use."),
-    iterations: int = typer.Option(None, min=1, help="Steps of attacks that set none."),
-    restarts: int = typer.Option(None, min=1, help="Restarts of attacks that set none."),
-    seed: int = typer.Option(None, help="Replaces the file's seeds."),
-    workers: int = typer.Option(None, min=1, help="Cases run in parallel (default: free cores)."),
+    n_images: int = _n_images_option("How many images to use."),
+    iterations: int = _steps_option(None, "Steps of attacks that set none."),
+    restarts: int = _restarts_option("Restarts of attacks that set none."),
+    seed: int = _seed_option(None, "Replaces the file's seeds."),
+    workers: int = typer.Option(
+        None, min=1, max=MAX_THREADS, help="Cases run in parallel (default: free cores)."
+    ),
     backend: str = typer.Option("local", help="local (a process pool) or ray."),
     address: str = typer.Option(None, help="Ray cluster to join (default: start one)."),
     threads: int = _threads_option(),
@@ -154,9 +195,9 @@ def audit(
     file: Path = typer.Argument(..., help="TOML audit file (see examples/audit-small.toml)."),
     out: Path = typer.Option(..., help="Output folder: report.html, results.json, cases/."),
     images: str = typer.Option(None, help=IMAGES_HELP + " Overrides the file's."),
-    n_images: int = typer.Option(None, "--n-images", min=1, help="How many private images."),
-    iterations: int = typer.Option(None, min=1, help="Steps of attacks that set none."),
-    seed: int = typer.Option(None, help="Replaces the file's seeds."),
+    n_images: int = _n_images_option("How many private images."),
+    iterations: int = _steps_option(None, "Steps of attacks that set none."),
+    seed: int = _seed_option(None, "Replaces the file's seeds."),
     threads: int = _threads_option(),
     device: str = _device_option(),
 ) -> None:
@@ -164,6 +205,7 @@ def audit(
     cost, and write one self-contained report.html (resumes an interrupted audit)."""
     from gradleak.experiments.audit import load_audit, run_audit
 
+    output_folder(out)
     setup = load_audit(file)
     options = _options(
         images=images, n_images=n_images, iterations=iterations, seed=seed, threads=threads,
@@ -185,8 +227,8 @@ def flower_audit(
     method: list[str] = typer.Option(
         ["auto"], help="Attack to run on every update (repeatable; auto: the first that fits)."
     ),
-    iterations: int = typer.Option(None, min=1, help="Steps of iterative attacks."),
-    seed: int = typer.Option(0, help="Seed of the attacks."),
+    iterations: int = _steps_option(None, "Steps of iterative attacks."),
+    seed: int = _seed_option(0, "Seed of the attacks."),
     model: str = typer.Option(None, help="Your own model's factory, when the clients train one."),
     threads: int = _threads_option(),
     device: str = _device_option(),
@@ -195,6 +237,7 @@ def flower_audit(
     report.html (scores where .truth.safetensors files lie beside the updates; resumable)."""
     from gradleak.flower.evaluation import attack_captures
 
+    output_folder(out)
     options = _options(threads=threads, device=device)
     kept = f"every finished case is kept in {out} (results.json, cases/)"
     with _resumable(kept), _progress() as progress:
@@ -237,15 +280,24 @@ def observe(
     ),
     images: str = typer.Option(..., help=IMAGES_HELP),
     out: Path = typer.Option(..., help="Observation file to write (.safetensors)."),
-    width: int = typer.Option(None, help="Model width (e.g. mlp4 hidden units)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out (and its ground truth) if they exist."
+    ),
+    width: int = typer.Option(
+        None, min=1, max=MAX_WIDTH, help="Model width (e.g. mlp4 hidden units)."
+    ),
     weights: Path = typer.Option(None, help="Model weights (.safetensors) instead of init."),
     normalization: str = typer.Option(
         None, help="Input normalization: cifar10, imagenet or none (default: the model's)."
     ),
-    image_size: int = typer.Option(32, "--image-size", min=4, help="Input size of the model."),
+    image_size: int = typer.Option(
+        32, "--image-size", min=4, max=MAX_IMAGE_SIZE, help="Input size of the model."
+    ),
     channels: int = typer.Option(3, min=1, max=3, help="Image channels: 3 (RGB) or 1 (gray)."),
-    num_classes: int = typer.Option(None, "--num-classes", help="Default: sized from the data."),
-    n_images: int = typer.Option(None, "--n-images", min=1, help="Batch size (first N images)."),
+    num_classes: int = typer.Option(
+        None, "--num-classes", min=2, max=MAX_CLASSES, help="Default: sized from the data."
+    ),
+    n_images: int = _n_images_option("Batch size (first N images)."),
     labels: str = typer.Option(None, help="Comma-separated labels instead of folder names."),
     bn_mode: str = typer.Option("train", "--bn-mode", help="BatchNorm mode: train or eval."),
     hide_labels: bool = typer.Option(False, "--hide-labels", help="Server does not know labels."),
@@ -257,21 +309,31 @@ def observe(
         "--knows-bn-statistics",
         help="Server is given the batch's BatchNorm statistics (Huang et al.'s BN_exact).",
     ),
-    seed: int = typer.Option(0, help="Seed of the model's initialization."),
+    seed: int = _seed_option(0, "Seed of the model's initialization."),
     local_steps: int = typer.Option(
-        None, "--local-steps", min=1, help="FedAvg: K local optimizer steps (an update)."
+        None,
+        "--local-steps",
+        min=1,
+        max=MAX_STEPS,
+        help="FedAvg: K local optimizer steps (an update).",
     ),
     local_epochs: int = typer.Option(
-        None, "--local-epochs", min=1, help="FedAvg: E local epochs over the images."
+        None, "--local-epochs", min=1, max=MAX_STEPS, help="FedAvg: E local epochs over the images."
     ),
     local_batch_size: int = typer.Option(
-        None, "--local-batch-size", min=1, help="FedAvg: local batch size (default: all images)."
+        None,
+        "--local-batch-size",
+        min=1,
+        max=MAX_STEPS,
+        help="FedAvg: local batch size (default: all images).",
     ),
     lr: float = typer.Option(None, "--lr", help="FedAvg: local learning rate (required)."),
     optimizer: str = typer.Option(
         "sgd", "--optimizer", help="FedAvg: local optimizer: sgd, momentum or adam."
     ),
-    momentum: float = typer.Option(0.9, "--momentum", help="FedAvg: momentum coefficient."),
+    momentum: float = typer.Option(
+        0.9, "--momentum", min=0.0, max=1.0, help="FedAvg: momentum coefficient."
+    ),
     shuffle: bool = typer.Option(
         False, "--shuffle", help="FedAvg: reshuffle the images every local epoch."
     ),
@@ -282,7 +344,11 @@ def observe(
         "lr, steps, local_batch_size, optimizer, order.",
     ),
     clients: int = typer.Option(
-        1, "--clients", min=1, help="Secure aggregation: the mean of M clients (images split)."
+        1,
+        "--clients",
+        min=1,
+        max=MAX_CLIENTS,
+        help="Secure aggregation: the mean of M clients (images split).",
     ),
     defense: list[str] = typer.Option(
         None,
@@ -327,12 +393,17 @@ def observe(
     local, knows_local = _local_training(
         local_steps, local_epochs, local_batch_size, lr, optimizer, momentum, shuffle, hide
     )
+    output_file(out, suffix=".safetensors", overwrite=overwrite, companions=(truth_path(out),))
+    keeps(f"nothing was written ({out} is written at the end)")
     batch = load_images(images, size=image_size, channels=channels, n=None if mixing else n_images)
     partners = None  # the client's other images, when any
     if mixing:  # MixUp / InstaHide mix the batch with the client's other images
         n = n_images or len(batch)
         partners, batch = batch.subset(slice(n, None)), batch.subset(slice(0, n))
         partners = partners if len(partners) else None
+    available = len(batch) + (len(partners) if partners is not None else 0)
+    if n_images is not None and n_images > available:
+        console.print(f"note: --n-images {n_images}: {images} has {available}; using them")
     label_tensor = batch.labels
     if labels is not None:
         try:
@@ -415,6 +486,8 @@ def _local_training(steps, epochs, batch_size, lr, optimizer, momentum, shuffle,
         raise GradleakError("give --local-steps or --local-epochs, not both")
     if lr is None:
         raise GradleakError("a FedAvg update needs the client's learning rate: add --lr")
+    if not 0 < lr < float("inf"):
+        raise GradleakError(f"--lr must be a positive number, got {lr}")
     hidden = [fact.strip() for fact in (hide or "").split(",") if fact.strip()]
     unknown = [fact for fact in hidden if fact not in LOCAL_FACTS]
     if unknown:
@@ -453,10 +526,12 @@ def attack(
         "inverting_gradients", help="Attack (`gradleak list`), or auto: every one that applies."
     ),
     out: Path = typer.Option(..., help="Output folder."),
-    iterations: int = typer.Option(None, min=1, help="Optimizer steps (iterative attacks)."),
-    restarts: int = typer.Option(None, min=1, help="Random restarts (iterative attacks)."),
-    seed: int = typer.Option(None, help="Random seed."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Guess if hidden."),
+    iterations: int = _steps_option(None, "Optimizer steps (iterative attacks)."),
+    restarts: int = _restarts_option("Random restarts (iterative attacks)."),
+    seed: int = _seed_option(None, "Random seed."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", min=1, max=MAX_IMAGES, help="Guess if hidden."
+    ),
     option: list[str] = typer.Option(
         None, "--set", help="Attack setting KEY=VALUE, e.g. --set tv=1e-3 --set refine=none."
     ),
@@ -496,14 +571,17 @@ def attack(
 def train_prior(
     images: str = typer.Option(..., help="Auxiliary images: folder, .npz, dataset name."),
     out: Path = typer.Option(..., help="Generator file to write (.safetensors)."),
-    steps: int = typer.Option(4000, min=1, help="Training steps."),
-    size: int = typer.Option(32, min=8, help="Image size of the generator (32 or 64)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    steps: int = _steps_option(4000, "Training steps."),
+    size: int = typer.Option(
+        32, min=8, max=MAX_IMAGE_SIZE, help="Image size of the generator (32 or 64)."
+    ),
     channels: int = typer.Option(3, min=1, max=3, help="Image channels: 3 (RGB) or 1 (gray)."),
     classes: str = typer.Option(None, help="Comma-separated labels to keep (default: all)."),
     exclude: str = typer.Option(
         None, help="Private images never to train on (their near-copies are dropped)."
     ),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = _seed_option(0, "Random seed."),
     threads: int = _threads_option(),
     device: str = _device_option("the generator trains"),
 ) -> None:
@@ -514,6 +592,7 @@ def train_prior(
     from gradleak.generative import train_generator
 
     where = resolve_device(device)
+    _artifact_out(out, overwrite)
     _use_threads(threads)
     private = load_images(exclude, size=size, channels=channels) if exclude else None
     class_list = _parse_classes(classes)
@@ -524,7 +603,7 @@ def train_prior(
         f"training a {channels}x{size}x{size} generator on {len(data)} images of {data.source} "
         f"({where})"
     )
-    with _training_progress("train-prior", steps) as callback:
+    with _resumable(_training_kept(out)), _training_progress("train-prior", steps) as callback:
         train_generator(
             data.images,
             out=out,
@@ -544,18 +623,25 @@ def train_inverter_command(
     model: str = typer.Option(..., help="Model name (see `gradleak list`)."),
     images: str = typer.Option(..., help="Auxiliary images: folder, .npz, dataset name."),
     out: Path = typer.Option(..., help="Inverter file to write (.safetensors)."),
-    steps: int = typer.Option(3000, min=1, help="Training steps."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    steps: int = _steps_option(3000, "Training steps."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch size N or range LOW-HIGH."),
     weights: Path = typer.Option(None, help="Model weights (.safetensors) instead of init."),
-    image_size: int = typer.Option(32, "--image-size", min=4, help="Input size of the model."),
+    image_size: int = typer.Option(
+        32, "--image-size", min=4, max=MAX_IMAGE_SIZE, help="Input size of the model."
+    ),
     channels: int = typer.Option(3, min=1, max=3, help="Image channels: 3 (RGB) or 1 (gray)."),
     num_classes: int = typer.Option(
-        None, "--num-classes", min=2, help="Model outputs (default: sized from the data)."
+        None,
+        "--num-classes",
+        min=2,
+        max=MAX_CLASSES,
+        help="Model outputs (default: sized from the data).",
     ),
     exclude: str = typer.Option(
         None, help="Private images never to train on (their near-copies are dropped)."
     ),
-    seed: int = typer.Option(0, help="Seed of the model's initialization and of training."),
+    seed: int = _seed_option(0, "Seed of the model's initialization and of training."),
     threads: int = _threads_option(),
     device: str = _device_option("the gradients are computed and the inverter trains"),
 ) -> None:
@@ -567,6 +653,7 @@ def train_inverter_command(
     from gradleak.models import build_model
 
     where = resolve_device(device)
+    _artifact_out(out, overwrite)
     sizes = _parse_batch_sizes(batch_sizes)
     private = load_images(exclude, size=image_size, channels=channels) if exclude else None
     data = auxiliary_images(images, size=image_size, channels=channels, exclude=private)
@@ -583,7 +670,7 @@ def train_inverter_command(
         f"training an inverter for {model} ({net.config['num_classes']} classes) on "
         f"{len(data)} images of {data.source} ({where})"
     )
-    with _training_progress("train-inverter", steps) as callback:
+    with _resumable(_training_kept(out)), _training_progress("train-inverter", steps) as callback:
         train_inverter(
             net,
             data,
@@ -606,6 +693,9 @@ def analyze(
         "with its config) received from a server: then only its malicious modifications.",
     ),
     json_file: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the --json file if it exists."
+    ),
     model: str = typer.Option(None, help=OWN_MODEL_HELP),
     threads: int = _threads_option(),
     device: str = typer.Option(
@@ -623,12 +713,16 @@ def analyze(
     from gradleak.threat import load_observation
 
     resolve_device(device)  # an unusable device is refused here as everywhere
+    if json_file is not None:
+        output_file(json_file, "--json", suffix=".json", overwrite=overwrite)
+    keeps("nothing was written")
     if _is_weights_file(observation):
         _inspect_model(observation, json_file)
         return
     loaded = load_observation(observation, model=model)
     _use_threads(threads)
-    report = analyze_observation(loaded)
+    with stages(f"analyzing {observation}") as stage:
+        report = analyze_observation(loaded, progress=stage)
     known = report["batch_size_known"]
     console.print(
         f"[bold]{observation}[/] (model {report['model']}): {report['observed']}\n"
@@ -701,6 +795,27 @@ def _print_findings(findings: list[dict]) -> None:
     for finding in findings:
         table.add_row(finding["name"], finding["layer"], finding["evidence"])
     console.print(table)
+
+
+def _artifact_out(out: Path, overwrite: bool) -> None:
+    """Check an artifact's --out (and its card) before training starts."""
+    from gradleak.learning import card_path
+
+    output_file(out, suffix=".safetensors", overwrite=overwrite, companions=(card_path(out),))
+
+
+def _training_kept(out: Path):
+    """What an interrupted training keeps: its last checkpoint, if one was written."""
+    from gradleak.learning import default_checkpoint
+
+    checkpoint = default_checkpoint(out)
+
+    def kept() -> str:
+        if checkpoint.exists():
+            return f"training so far is kept in {checkpoint}"
+        return "no checkpoint was written yet"
+
+    return kept
 
 
 @contextmanager

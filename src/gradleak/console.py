@@ -6,6 +6,7 @@ Ctrl-C (what was kept, exit 130). Shared by ``gradleak`` (:mod:`gradleak.cli`) a
 
 from __future__ import annotations
 
+import logging
 import sys
 from contextlib import contextmanager
 
@@ -40,6 +41,9 @@ class _Shown:
         return callback
 
     def case_finished(self, case, record: dict, position: int, total: int) -> None:
+        if self.task is not None:  # an attack that stopped early: its bar goes, clock and all
+            self.bar.remove_task(self.task)
+            self.task = None
         line = _case_line(case.id, record, position, total)
         (self.bar.console if self.bar is not None else console).print(
             line, highlight=False, soft_wrap=True
@@ -58,6 +62,17 @@ class _Shown:
 
     def note(self, text: str) -> None:
         (self.bar.console if self.bar is not None else console).print(text, highlight=False)
+
+
+@contextmanager
+def stages(what: str):
+    """Yield ``stage(name)`` announcing each stage of a long computation: a spinner on a
+    terminal, one plain line per stage otherwise."""
+    if not console.is_terminal:
+        yield lambda name: console.print(f"{what}: {name}", highlight=False)
+        return
+    with console.status(f"{what} ...") as status:
+        yield lambda name: status.update(f"{what}: {name} ...")
 
 
 @contextmanager
@@ -144,33 +159,76 @@ def _fmt(value, pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
 
 
+_INTERRUPTED = {"kept": "nothing was written"}
+
+
 @contextmanager
-def _resumable(kept: str):
-    """Ctrl-C inside: say what was kept and exit with 130."""
+def _resumable(kept, *, resume: str = "run the same command again to resume"):
+    """Ctrl-C inside: say what was kept (``kept``: text, or a function giving it at that
+    moment) and how to go on, and exit with 130."""
     try:
         yield
     except KeyboardInterrupt:
-        err_console.print(f"interrupted: {kept}; run the same command again to resume")
+        text = kept() if callable(kept) else kept
+        err_console.print(f"interrupted: {text}{'; ' + resume if resume else ''}", highlight=False)
         sys.exit(130)
 
 
+def keeps(kept: str) -> None:
+    """What a Ctrl-C from now on keeps, for commands without a :func:`_resumable` block."""
+    _INTERRUPTED["kept"] = kept
+
+
+class _NoticeHandler(logging.Handler):
+    """The library's notices (``logging.getLogger("gradleak")``, warning and above): one plain
+    line each on standard error."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(f"note: {record.getMessage()}", highlight=False, soft_wrap=True)
+
+
+def _show_notices() -> None:
+    logger = logging.getLogger("gradleak")
+    if not any(isinstance(h, _NoticeHandler) for h in logger.handlers):
+        logger.addHandler(_NoticeHandler(logging.WARNING))
+        logger.propagate = False
+
+
+def _usage_error(err) -> str:
+    """A click usage error in one line: what is wrong, and where to read the usage."""
+    ctx = getattr(err, "ctx", None)
+    command = ctx.command_path if ctx is not None else "gradleak"
+    message = " ".join(err.format_message().split())
+    return f"{message} (see {command} --help)"
+
+
 def run_app(app) -> None:
-    """Run a typer ``app``, turning user errors into one line and exit status 2, Ctrl-C into
-    exit status 130."""
+    """Run a typer ``app``, turning user errors (bad files, settings or options) into one line
+    and exit status 2, Ctrl-C into exit status 130 with a line saying what was kept."""
+    _show_notices()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except GradleakError as err:
         err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err_console.print("interrupted; results written so far are kept (rerun to resume)")
-        sys.exit(130)
+        code = 130
     except Exception as err:
-        # Usage errors of typer's bundled click: they know how to show themselves.
-        if callable(getattr(err, "show", None)) and hasattr(err, "exit_code"):
+        if type(err).__name__ == "NoArgsIsHelpError":  # `gradleak observe` alone: its help
             err.show()
             sys.exit(2)
-        if type(err).__name__ == "Abort":  # click turns Ctrl-C into Abort
-            err_console.print("interrupted; results written so far are kept (rerun to resume)")
-            sys.exit(130)
-        raise
+        # Usage errors of typer's bundled click (bad option, missing argument, out of range).
+        if callable(getattr(err, "format_message", None)) and hasattr(err, "exit_code"):
+            err_console.print(
+                f"[red]error:[/] {_usage_error(err)}", highlight=False, soft_wrap=True
+            )
+            sys.exit(2)
+        if type(err).__name__ == "Abort":  # click turns Ctrl-C at a prompt into Abort
+            code = 130
+        else:
+            raise
+    if code == 130:  # typer turns Ctrl-C into exit code 130, returned in non-standalone mode
+        err_console.print(f"interrupted: {_INTERRUPTED['kept']}", highlight=False)
+        sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)

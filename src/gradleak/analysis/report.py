@@ -10,6 +10,7 @@ each is expected to recover, and the malicious modifications found in the model 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from gradleak.analysis.rank import layer_rank_analysis
 from gradleak.attacks import AttackContext, check_all
@@ -19,8 +20,14 @@ from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
 
-def analyze(observation: Observation, *, max_exact: int = 3000) -> dict:
-    """Report on ``observation`` using only what the attacker may use.
+def analyze(
+    observation: Observation,
+    *,
+    max_exact: int = 3000,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Report on ``observation`` using only what the attacker may use; ``progress(stage)`` is
+    told each stage as it starts (the rank analysis of a large model takes a while).
 
     Returns a JSON-ready dict with ``batch_size_estimate`` (int), ``labels`` (one int per
     estimated sample), ``label_counts``, ``layers`` (per layer ``name``, ``unknowns``,
@@ -29,12 +36,19 @@ def analyze(observation: Observation, *, max_exact: int = 3000) -> dict:
     alone: per finding ``name``, ``layer``, ``evidence``; empty for an honest model), and,
     when the observation carries evaluation-only ground truth, ``truth_check``.
     """
+    stage = progress or (lambda name: None)
     view = observation.attacker_view()
     model = view.build_model()
+    stage("estimating the batch size")
     estimate, evidence = estimate_batch_size(view, model, return_details=True)
     batch_size = view.known_batch_size or estimate
+    stage("recovering the labels")
     recovery = recover_labels(view, model, batch_size=batch_size)
+    stage("analyzing the rank of every layer's gradient")
     layers = layer_rank_analysis(view, batch_size=batch_size, max_exact=max_exact)
+    stage("checking which attacks apply")
+    attacks = applicable_attacks(view, batch_size, model)
+    stage("inspecting the model for malicious modifications")
     report = {
         "model": observation.model_config.get("name"),
         "observed": view.describe(),
@@ -48,7 +62,7 @@ def analyze(observation: Observation, *, max_exact: int = 3000) -> dict:
         "label_method": recovery.method,
         "layers": layers,
         "discarded_total": sum(row.get("discarded", 0) for row in layers),
-        "attacks": applicable_attacks(view, batch_size, model),
+        "attacks": attacks,
         "server_modifications": [f.as_dict() for f in detect_modifications(model)],
     }
     if view.kind == "update":

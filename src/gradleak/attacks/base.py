@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +134,66 @@ def requirement(description: str) -> Callable[[Callable[[AttackContext], str | N
     return make
 
 
+#: Settings that must be strictly positive; every other number must be finite and at least 0.
+POSITIVE_SETTINGS = frozenset(
+    {"iterations", "restarts", "lr", "local_lr", "feature_lr", "weight_lr", "refine_lr"}
+    | {"group_every", "lbfgs_inner", "width", "layers", "patience", "tolerance"}
+)
+#: Largest integer setting accepted (steps, restarts, widths): a typo must not run for ever.
+MAX_INT_SETTING = 10_000_000
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def checked_settings(attack: Attack, overrides: dict) -> dict:
+    """``overrides`` converted to the types of ``attack.defaults``' fields and range-checked.
+
+    Raises:
+        GradleakError: a value of the wrong type (``tv=abc``), a negative, zero-where-positive
+            or non-finite number (``lr=-1``), or an integer above :data:`MAX_INT_SETTING`.
+    """
+    hints = typing.get_type_hints(type(attack.defaults))
+    return {key: _checked(attack.name, key, value, hints[key]) for key, value in overrides.items()}
+
+
+def _checked(attack: str, key: str, value, hint):
+    where = f"attack '{attack}': setting {key}"
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args and type(None) in typing.get_args(hint):  # Optional[X]
+        return None if value is None else _checked(attack, key, value, args[0])
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise GradleakError(f"{where} takes a list of numbers, got {value!r}")
+        return tuple(_checked(attack, key, item, args[0]) for item in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE + _FALSE:
+            return text in _TRUE
+        raise GradleakError(f"{where} takes true or false, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise GradleakError(f"{where} takes a name, got {value!r}")
+    if hint in (int, float):
+        number = value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GradleakError(f"{where} takes a number, got {value!r}")
+        if hint is int:
+            if not (math.isfinite(value) and float(value).is_integer()):
+                raise GradleakError(f"{where} takes a whole number, got {value!r}")
+            number = int(value)
+            if number > MAX_INT_SETTING:
+                raise GradleakError(f"{where} must be at most {MAX_INT_SETTING}, got {number}")
+        else:
+            number = float(value)
+        if not math.isfinite(number) or number < 0 or (number == 0 and key in POSITIVE_SETTINGS):
+            bound = "positive" if key in POSITIVE_SETTINGS else "a finite number >= 0"
+            raise GradleakError(f"{where} must be {bound}, got {value!r}")
+        return number
+    return value
+
+
 class Attack:
     """Base of all attacks: ``attack(observation, **options) -> Reconstruction``.
 
@@ -163,7 +225,7 @@ class Attack:
                 f"attack '{self.name}' has no setting {', '.join(map(repr, unknown))}; "
                 f"settings: {', '.join(sorted(known))}"
             )
-        self.settings = dataclasses.replace(self.defaults, **overrides)
+        self.settings = dataclasses.replace(self.defaults, **checked_settings(self, overrides))
 
     @classmethod
     def iterative(cls) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from pathlib import Path
 
 import torch
@@ -34,6 +35,12 @@ AUXILIARY_HOLD_OUT = 1000
 
 
 @functools.lru_cache(maxsize=16)
+@functools.cache
+def _notice_once(text: str) -> None:
+    """Say ``text`` once per process (the CLI prints the ``gradleak`` logger's warnings)."""
+    logging.getLogger("gradleak").warning(text)
+
+
 def images(spec: ImagesSpec) -> ImageSet:
     """The images of ``spec``: loaded (near-copies of ``exclude`` removed), filtered by class,
     one per class, split, first N — in this order."""
@@ -56,6 +63,10 @@ def images(spec: ImagesSpec) -> ImageSet:
     if spec.split is not None:
         data = data.subset(split_indices(len(data), spec.split))
     if spec.first is not None:
+        if spec.first > len(data):
+            _notice_once(
+                f"asked for {spec.first} images, {spec.source} has {len(data)}: using them"
+            )
         data = data.subset(slice(0, min(spec.first, len(data))))
     if len(data) == 0:
         raise GradleakError(f"no images left in {spec.source!r} after filtering")
