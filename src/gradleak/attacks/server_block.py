@@ -27,10 +27,11 @@ def made_by(server: str) -> Requirement:
         config = context.observation.model_config
         if server_record(config, server) is not None:
             return None
-        sent = (config.get("server") or {}).get("name", "the honest model")
+        sent = (config.get("server") or {}).get("name")
+        model = f"modified by {sent!r}" if sent else "an honest server's, unmodified"
         return (
-            f"'{context.attack}' reads a model modified by a '{server}' server "
-            f"(observe --server {server}); this server sent {sent!r}"
+            f"'{context.attack}' reads a model the malicious server '{server}' modified "
+            f"(observe --server {server}); this observation's model is {model}"
         )
 
     return needs
