@@ -206,6 +206,7 @@ def run_app(app) -> None:
     """Run a typer ``app``, turning user errors (bad files, settings or options) into one line
     and exit status 2, Ctrl-C into exit status 130 with a line saying what was kept."""
     _show_notices()
+    keeps("nothing was written")
     try:
         code = app(standalone_mode=False)
     except GradleakError as err:
