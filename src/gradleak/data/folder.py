@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import stat
+import struct
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,9 +28,14 @@ _ORDER_PREFIX = re.compile(r"^\d+_(?=.)")
 
 
 def is_image_file(path: Path) -> bool:
-    """True for a visible regular file whose extension is in :data:`IMAGE_EXTENSIONS`."""
+    """True for a visible entry that is not a folder and whose extension is in
+    :data:`IMAGE_EXTENSIONS` (a FIFO or device with such a name is one too, and refused when
+    read, rather than silently skipped; a broken link is skipped)."""
     return (
-        path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+        not path.name.startswith(".")
+        and path.suffix.lower() in IMAGE_EXTENSIONS
+        and path.exists()
+        and not path.is_dir()
     )
 
 
@@ -35,32 +44,107 @@ def class_name_from_folder(name: str) -> str:
     return _ORDER_PREFIX.sub("", name)
 
 
+def check_image_file(path: Path) -> None:
+    """``path`` must be a regular, non-empty file: a folder, FIFO, socket or device is refused
+    before it is opened (reading a FIFO would wait for a writer forever)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise GradleakError(f"image file not found: {path}") from None
+    except OSError as err:
+        raise GradleakError(f"cannot read image file {path}: {err.strerror or err}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise GradleakError(f"expected an image file, got a folder: {path}")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "not a regular file"
+        raise GradleakError(f"image file {path} is {kind}, not an image")
+    if info.st_size == 0:
+        raise GradleakError(f"image file {path} is empty (0 bytes)")
+
+
 def read_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
     """Decode one image file to a uint8 ``size x size x channels`` array.
 
     The EXIF orientation is applied, the image converted to RGB, then to ``channels``,
-    center-cropped to a square and resized.
+    center-cropped to a square and resized. Images of more than 8 bits per value (16-bit
+    ``I;16`` PNGs and TIFFs, 32-bit integer ``I`` and float ``F``) are scaled by their range
+    (:func:`high_depth_to_uint8`), not clipped. An image of more pixels than Pillow's
+    ``Image.MAX_IMAGE_PIXELS`` is decoded with a note; one of more than twice as many (a
+    possible decompression bomb) is refused.
 
     Raises:
-        GradleakError: naming the file when it does not exist or does not decode.
+        GradleakError: naming the file when it does not exist, is not a regular file, is empty,
+            too large or does not decode.
     """
     path = Path(path)
-    if not path.exists():
-        raise GradleakError(f"image file not found: {path}")
+    check_image_file(path)
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            rgb = np.asarray(im.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _note_large(path, im.size)
+                im = ImageOps.exif_transpose(im)
+                if im.mode in HIGH_DEPTH_MODES:
+                    pixels = high_depth_to_uint8(np.asarray(im), im.mode, path)
+                else:
+                    pixels = np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise GradleakError(
+            f"image {path} has {count}, more than the {2 * (Image.MAX_IMAGE_PIXELS or 0):,} "
+            "Pillow decodes safely (a decompression bomb?); shrink it first"
+        ) from None
     except (
         UnidentifiedImageError,
         OSError,
         ValueError,
         SyntaxError,
-        Image.DecompressionBombError,
+        EOFError,
+        struct.error,
+        IndexError,
+        TypeError,
+        MemoryError,
     ) as exc:
-        raise GradleakError(f"cannot decode image '{path.name}': {exc}") from exc
-    image = center_crop_resize(to_channels(rgb, channels), size)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise GradleakError(
+            f"cannot decode image '{path.name}' in {path.parent}: {reason}"
+        ) from None
+    image = center_crop_resize(to_channels(pixels, channels), size)
     return image.reshape(size, size, channels)
+
+
+#: Pillow modes of more than 8 bits per value (read as one gray channel).
+HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+
+def high_depth_to_uint8(values: np.ndarray, mode: str, path: Path | str = "image") -> np.ndarray:
+    """A gray image of more than 8 bits per value as uint8, scaled by its true range.
+
+    ``I;16*`` (16-bit PNG, TIFF): ``v / 65535``. ``I`` (32-bit integers, as Pillow reads some
+    16-bit files): ``v / 65535`` when every value lies in [0, 65535], else stretched from its
+    minimum to its maximum. ``F`` (floats): kept when every value lies in [0, 1], else
+    stretched likewise. Then rounded to 0..255.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise GradleakError(f"image {path} holds NaN or infinite values")
+    low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (mode == "I" and low >= 0 and high <= 65535):
+        x = x / 65535.0
+    elif not (mode == "F" and low >= 0 and high <= 1):
+        x = (x - low) / (high - low) if high > low else np.zeros_like(x)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def _note_large(path: Path, size: tuple[int, int]) -> None:
+    """One plain note for an image above Pillow's warning limit (Pillow's own warning, a
+    Python warning, is silenced); above twice that limit Pillow refuses it."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and size[0] * size[1] > limit:
+        logging.getLogger("gradleak").warning(
+            f"image {path} is large ({size[0]}x{size[1]} pixels): decoding it takes time and memory"
+        )
 
 
 def _stack(files: Sequence[Path], size: int, channels: int) -> np.ndarray:
@@ -80,8 +164,7 @@ def load_image_files(
     for f in files:
         if not f.exists():
             raise GradleakError(f"path does not exist: {f}")
-        if f.is_dir():
-            raise GradleakError(f"expected an image file, got a folder: {f}")
+        check_image_file(f)
     images = _stack(files, size, channels)
     return ImageSet(
         images=to_tensor(images),

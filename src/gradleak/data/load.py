@@ -66,9 +66,15 @@ def conform(images: ImageSet, size: int, channels: int) -> ImageSet:
     )
 
 
+#: The largest image side loaded (the largest ``image_size`` a model is built with).
+MAX_SIZE = 4096
+
+
 def _check_args(size: int, channels: int, n: int | None) -> None:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise GradleakError(f"size must be a positive integer, got {size!r}")
+    if size > MAX_SIZE:
+        raise GradleakError(f"image size must be at most {MAX_SIZE}, got {size}")
     if channels not in (1, 3):
         raise GradleakError(f"channels must be 1 or 3, got {channels!r}")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):

@@ -7,6 +7,7 @@ network; :func:`build_model` seeds it, wraps it in :class:`ImageClassifier` and 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from gradleak.errors import GradleakError
 from gradleak.models import custom
@@ -42,6 +44,15 @@ _NORMALIZATION: dict[str, dict[int, tuple[tuple[float, ...], tuple[float, ...]]]
 }
 
 Builder = Callable[..., nn.Module]
+
+#: The largest sizes a model is built with (generous: far beyond the models of the literature).
+#: A config read from a file or given as options that asks for more is refused before anything
+#: is allocated.
+SIZE_LIMITS = {"num_classes": 100_000, "in_channels": 1024, "image_size": 4096, "width": 65_536}
+#: The most values (parameters and buffers) a built model may hold: 2e9, 8 GB of float32.
+MAX_MODEL_ELEMENTS = 2_000_000_000
+#: Seeds torch accepts.
+SEED_RANGE = (-(2**63), 2**64)
 
 
 @dataclass(frozen=True)
@@ -153,18 +164,14 @@ def build_model(
     elif factory_kwargs is not None or architecture is not None:
         raise GradleakError("factory_kwargs and architecture belong to your own models only")
     spec = None if own else _spec(name)
-    for arg, value in (
-        ("num_classes", num_classes),
-        ("in_channels", in_channels),
-        ("image_size", image_size),
-    ):
-        _check_positive_int(arg, value)
-    if spec is not None and width is None:
-        width = spec.width
-    if width is not None:
-        _check_positive_int("width", width)
+    width = _checked_sizes(spec, num_classes, in_channels, image_size, width)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise GradleakError(f"seed must be an integer, got {seed!r}")
+    if not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
+        raise GradleakError(f"seed must lie in [-2**63, 2**64), got {seed}")
+    if spec is not None:  # sized on the meta device first: nothing allocated yet
+        shapes = _meta_state(spec, num_classes, in_channels, image_size, width, server)
+        _check_elements(name, shapes)
     family = normalization or (spec.normalization if spec is not None else "none")
     chosen = normalization is None and (mean is not None or std is not None)
     mean, std = _normalization(family, name, in_channels, mean, std)
@@ -188,9 +195,7 @@ def build_model(
                 width=width,
             )
         else:
-            net = spec.builder(
-                num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width
-            )
+            net = _registered_network(spec, num_classes, in_channels, image_size, width)
     if own:
         _check_recorded(name, net, called, factory_kwargs, architecture)
         config.update(
@@ -250,9 +255,86 @@ def _check_recorded(name: str, net: nn.Module, called: dict, factory_kwargs, arc
         )
 
 
-def _check_positive_int(arg: str, value) -> None:
+def planned_state(
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    width: int | None = None,
+    server: dict | None = None,
+    **_normalization,
+) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of ``model.net.state_dict()`` that :func:`build_model` would
+    give registry model ``name`` with these arguments, found on the meta device: nothing is
+    allocated, so that a config read from a file is sized (and refused) before it is built.
+    The sizes are checked as :func:`build_model` checks them."""
+    spec = _spec(name)
+    width = _checked_sizes(spec, num_classes, in_channels, image_size, width)
+    shapes = _meta_state(spec, num_classes, in_channels, image_size, width, server)
+    _check_elements(name, shapes)
+    return shapes
+
+
+def _checked_sizes(spec, num_classes, in_channels, image_size, width) -> int | None:
+    """The width to build with, once every size is a positive integer within its limit."""
+    for arg, value in (
+        ("num_classes", num_classes),
+        ("in_channels", in_channels),
+        ("image_size", image_size),
+    ):
+        _check_size(arg, value)
+    if spec is not None and width is None:
+        width = spec.width
+    if width is not None:
+        _check_size("width", width)
+    return width
+
+
+def _meta_state(spec, num_classes, in_channels, image_size, width, server):
+    with torch.device("meta"), _NoRandomFill():
+        net = _registered_network(spec, num_classes, in_channels, image_size, width)
+        if server is not None:
+            net = wrap_for_server(net, server, (in_channels, image_size, image_size))
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+class _NoRandomFill(TorchFunctionMode):
+    """Random initializations become no-ops (meta tensors hold no values; some of those ops
+    would load torch's slow Python decompositions)."""
+
+    FILLS = frozenset(
+        {"normal_", "uniform_", "bernoulli_", "exponential_", "log_normal_", "cauchy_",
+         "geometric_", "random_", "erfinv_"}
+    )  # fmt: skip
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.FILLS and args and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def _registered_network(spec: ModelSpec, num_classes, in_channels, image_size, width):
+    return spec.builder(
+        num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width
+    )
+
+
+def _check_elements(name: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    total = sum(math.prod(shape) for shape in shapes.values())
+    if total > MAX_MODEL_ELEMENTS:
+        raise GradleakError(
+            f"model {name} with these sizes would hold {total:.3g} values (parameters and "
+            f"buffers), more than the limit of {MAX_MODEL_ELEMENTS:.0e}: choose a smaller "
+            "width, image_size or num_classes"
+        )
+
+
+def _check_size(arg: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise GradleakError(f"{arg} must be a positive integer, got {value!r}")
+    if value > SIZE_LIMITS[arg]:
+        raise GradleakError(f"{arg} must be at most {SIZE_LIMITS[arg]}, got {value}")
 
 
 def _normalization(family: str, name: str, in_channels: int, mean, std) -> tuple[list, list]:
@@ -272,9 +354,12 @@ def _normalization(family: str, name: str, in_channels: int, mean, std) -> tuple
         mean = defaults[0] if mean is None else mean
         std = defaults[1] if std is None else std
     try:
-        return [float(v) for v in mean], [float(v) for v in std]
-    except (TypeError, ValueError) as err:
+        mean, std = [float(v) for v in mean], [float(v) for v in std]
+    except (TypeError, ValueError, OverflowError) as err:
         raise GradleakError(f"mean and std must be sequences of numbers ({err})") from None
+    if not all(math.isfinite(v) for v in mean + std):
+        raise GradleakError(f"mean and std must be finite numbers, got {mean} and {std}")
+    return mean, std
 
 
 def _check_pretrained(spec: ModelSpec, num_classes: int, in_channels: int, width: int) -> None:

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import stat
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -259,17 +260,28 @@ class Observation:
         if self.kind == "update":
             self._validate_local()
         model = model if model is not None else self.build_model()
+        state = model.net.state_dict()
         for name, w in self.weights.items():
+            if name in state and w.dtype != state[name].dtype:
+                raise GradleakError(
+                    f"observed weight '{name}' is {w.dtype}, the model holds {state[name].dtype}"
+                )
             if w.is_floating_point() and not torch.isfinite(w).all():
                 raise GradleakError(f"observed weight '{name}' contains NaN or inf values")
+        parameters = dict(model.net.named_parameters())
         _check_fit(
             f"observed gradients do not fit model '{self.model_config.get('name')}'",
-            expected={name: tuple(p.shape) for name, p in model.net.named_parameters()},
+            expected={name: tuple(p.shape) for name, p in parameters.items()},
             got={name: tuple(g.shape) for name, g in self.gradients.items()},
         )
         for name, g in self.gradients.items():
             if not g.is_floating_point():
                 raise GradleakError(f"observed gradient '{name}' is not a float tensor ({g.dtype})")
+            if g.dtype != parameters[name].dtype:
+                raise GradleakError(
+                    f"observed gradient '{name}' is {g.dtype}, the model's parameter "
+                    f"{parameters[name].dtype}"
+                )
             if not torch.isfinite(g).all():
                 raise GradleakError(f"observed gradient '{name}' contains NaN or inf values")
         if self.batch_size < 1:
@@ -280,6 +292,14 @@ class Observation:
             raise GradleakError(
                 f"observation labels must be {self.batch_size} int64 values, got shape "
                 f"{list(self.labels.shape)} and dtype {self.labels.dtype}"
+            )
+        classes = model.config["num_classes"]
+        if self.labels is not None and (
+            int(self.labels.min()) < 0 or int(self.labels.max()) >= classes
+        ):
+            raise GradleakError(
+                f"observation labels must be classes of its model, in [0, {classes}); "
+                f"got {_few([str(v) for v in self.labels.tolist() if not 0 <= v < classes])}"
             )
 
     def _validate_local(self) -> None:
@@ -622,9 +642,16 @@ def load_observation(
     code: loading it imports nothing unless ``model`` names the same factory again, and then
     the network it builds must have the recorded architecture.
 
-    Raises GradleakError if the file is missing, not a gradleak observation, its gradients do
-    not fit the model it names, its weights do not match their recorded sha256, or its model is
-    your own and ``model`` does not name it.
+    A file is data from anyone: every size it states is bounded before anything is allocated
+    (the model's sizes by :data:`gradleak.models.registry.SIZE_LIMITS`, the tensors the model
+    it names would hold must be those the file stores, one forward pass of its batch at most
+    :data:`MAX_FORWARD_ELEMENTS` values), its labels must be classes of its model, and a truth
+    file beside it must hold its batch.
+
+    Raises GradleakError if the file is missing, not a regular file, not a gradleak observation,
+    its gradients do not fit the model it names, its weights do not match their recorded
+    sha256, its model is your own and ``model`` does not name it, or its truth file does not
+    match it.
     """
     path = Path(path)
     tensors, header = _read_safetensors(path, FORMAT)
@@ -633,35 +660,42 @@ def load_observation(
     bn_statistics = {k[len("bn/") :]: v for k, v in tensors.items() if k.startswith("bn/")}
     try:
         observation = Observation(
-            model_config=header["model_config"],
+            model_config=_model_config(header),
             weights=weights,
             gradients=gradients,
-            batch_size=int(header["batch_size"]),
+            batch_size=_header_int(header, "batch_size"),
             labels=tensors.get("labels"),
-            bn_mode=header["bn_mode"],
-            loss=header.get("loss"),
-            knows_labels=bool(header["knows_labels"]),
-            knows_batch_size=bool(header["knows_batch_size"]),
-            kind=header.get("kind", "gradient"),
-            local=header.get("local"),
-            knows_local=header.get("knows_local") or {},
-            clients=int(header.get("clients", 1)),
-            defense=header.get("defense") or {},
-            metadata=header.get("metadata") or {},
+            bn_mode=_header_value(header, "bn_mode", str),
+            loss=_header_loss(header),
+            knows_labels=_header_value(header, "knows_labels", bool),
+            knows_batch_size=_header_value(header, "knows_batch_size", bool),
+            kind=_header_value(header, "kind", str, "gradient"),
+            local=_header_value(header, "local", dict, None),
+            knows_local=_header_value(header, "knows_local", dict, None) or {},
+            clients=_header_int(header, "clients", 1),
+            defense=_header_value(header, "defense", dict, None) or {},
+            metadata=_header_value(header, "metadata", dict, None) or {},
             bn_statistics=bn_statistics,
-            knows_bn_statistics=bool(header.get("knows_bn_statistics", False)),
+            knows_bn_statistics=_header_value(header, "knows_bn_statistics", bool, False),
         )
-    except (KeyError, TypeError, ValueError) as err:
+    except _HeaderEntry as err:
+        raise GradleakError(
+            f"{path}: malformed observation header ('{err.key}'): {err.problem}"
+        ) from None
+    except GradleakError as err:
         raise GradleakError(f"{path}: malformed observation header ({err})") from None
     if observation.kind not in KINDS:
         raise GradleakError(
             f"{path}: observation kind {observation.kind!r} is not supported; known: {KINDS}"
         )
-    if not isinstance(observation.model_config, dict):
-        raise GradleakError(f"{path}: malformed observation header (model_config is not a dict)")
+    unexpected = sorted(k for k in tensors if k != "labels" and not k.startswith(_PREFIXES))
+    if unexpected:
+        raise GradleakError(f"{path}: unexpected tensors {_few(unexpected)} in the file")
     _check_named_model(path, observation, model)
     try:
+        _check_declared_model(observation)
         model = observation.build_model()
+        _check_forward_size(observation, model)
     except GradleakError as err:
         raise GradleakError(f"{path}: {err}") from None
     except (TypeError, ValueError) as err:
@@ -680,18 +714,157 @@ def load_observation(
         )
     truth_file = truth_path(path)
     if with_truth and truth_file.exists():
-        truth_tensors, truth_header = _read_safetensors(truth_file, TRUTH_FORMAT)
-        if "images" not in truth_tensors or "labels" not in truth_tensors:
-            raise GradleakError(f"{truth_file}: ground-truth file lacks images or labels")
-        observation.truth = GroundTruth(
-            truth_tensors["images"], truth_tensors["labels"], list(truth_header.get("ids", []))
-        )
+        observation.truth = _load_truth(truth_file, path, observation)
     return observation
 
 
-def _read_safetensors(path: Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict]:
-    if not path.exists():
-        raise GradleakError(f"no such file: {path}")
+#: The most values one forward pass of an observation's batch may hold, as estimated by
+#: :func:`gradleak.models._shape.forward_elements` (2^33: 32 GiB of float32; a CIFAR ResNet-20
+#: batch of 64 holds about 2^26). A file asking for more is refused before any attack runs.
+MAX_FORWARD_ELEMENTS = 2**33
+_PREFIXES = ("weight/", "grad/", "bn/")
+# What build_model records in a model's config: a file may give nothing else (e.g. no
+# weights path to read).
+_CONFIG_KEYS = frozenset(
+    {"name", "num_classes", "in_channels", "image_size", "width", "mean", "std",
+     "normalization", "factory_kwargs", "architecture", "server"}
+)  # fmt: skip
+_MISSING = object()
+
+
+class _HeaderEntry(GradleakError):
+    """A bad entry of an observation's JSON header: its key and what is wrong with it."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"'{key}': {problem}")
+        self.key, self.problem = key, problem
+
+
+def _header_value(header: dict, key: str, kind: type, default=_MISSING):
+    """``header[key]``, which must be a ``kind`` (or None when the default is None)."""
+    value = header.get(key, default)
+    if value is _MISSING:
+        raise _HeaderEntry(key, "missing")
+    if value is None and default is None:
+        return None
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise _HeaderEntry(key, f"must be {_KINDS[kind]}, got {_short(value)}")
+    return value
+
+
+_KINDS = {int: "an integer", str: "a string", bool: "true or false", dict: "an object"}
+
+
+def _header_int(header: dict, key: str, default=_MISSING) -> int:
+    value = _header_value(header, key, int, default)
+    if not 1 <= value <= 10**9:
+        raise _HeaderEntry(key, f"must lie in [1, 1e9], got {value}")
+    return value
+
+
+def _header_loss(header: dict) -> float | None:
+    value = header.get("loss")
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise _HeaderEntry("loss", f"must be a finite number, got {_short(value)}")
+    return float(value)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _model_config(header: dict) -> dict:
+    config = _header_value(header, "model_config", dict)
+    unknown = sorted(str(k) for k in config if k not in _CONFIG_KEYS)
+    if unknown:
+        raise GradleakError(f"model_config has unknown entries {_few(unknown)}")
+    if not isinstance(config.get("name"), str):
+        raise GradleakError(f"model_config names no model (name {_short(config.get('name'))})")
+    return config
+
+
+def _check_declared_model(observation: Observation) -> None:
+    """The tensors a registry model's config declares must be those the file stores: sized on
+    the meta device, before the model is built (a file cannot ask for more memory than it
+    holds). Your own model is built and compared by :func:`_check_named_model`."""
+    from gradleak.models import custom
+    from gradleak.models.registry import planned_state
+
+    config = observation.model_config
+    if custom.is_own_model(config["name"]):
+        return
+    _check_fit(
+        "observed weights do not fit the model",
+        expected=planned_state(**config),
+        got={k: tuple(v.shape) for k, v in observation.weights.items()},
+        optional=("num_batches_tracked",),
+    )
+
+
+def _check_forward_size(observation: Observation, model: ImageClassifier) -> None:
+    from gradleak.models._shape import forward_elements
+
+    per_image = forward_elements(model.net, model.input_shape)
+    if observation.batch_size * per_image > MAX_FORWARD_ELEMENTS:
+        raise GradleakError(
+            f"a forward pass of its batch of {observation.batch_size} images of "
+            f"{'x'.join(map(str, model.input_shape))} through {observation.model_config['name']} "
+            f"would hold about {observation.batch_size * per_image:.3g} values, more than the "
+            f"limit of {MAX_FORWARD_ELEMENTS:.3g}"
+        )
+
+
+def _load_truth(truth_file: Path, path: Path, observation: Observation) -> GroundTruth:
+    """The ground truth beside ``path``, which must hold the observation's batch."""
+    tensors, header = _read_safetensors(truth_file, TRUTH_FORMAT, "a ground-truth file")
+    if "images" not in tensors or "labels" not in tensors:
+        raise GradleakError(f"{truth_file}: ground-truth file lacks images or labels")
+    images, labels = tensors["images"], tensors["labels"]
+    n = observation.batch_size
+    shape = (n, *build_input_shape(observation.model_config))
+    problem = None
+    if tuple(images.shape) != shape or not images.is_floating_point():
+        problem = (
+            f"it holds images {list(images.shape)} ({images.dtype}), the observation a batch "
+            f"of {list(shape)} floats"
+        )
+    elif images.dtype != torch.float32 or not torch.isfinite(images).all():
+        problem = f"its images must be finite float32 values, got {images.dtype}"
+    elif tuple(labels.shape) != (n,) or labels.dtype != torch.int64:
+        problem = (
+            f"it holds labels {list(labels.shape)} ({labels.dtype}), the observation "
+            f"{n} int64 labels"
+        )
+    else:
+        classes = observation.model_config["num_classes"]
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+            problem = f"its labels must lie in [0, {classes}), got {_few(labels.tolist())}"
+    ids = header.get("ids", [])
+    if problem is None and (
+        not isinstance(ids, list)
+        or len(ids) not in (0, n)
+        or not all(isinstance(i, str) for i in ids)
+    ):
+        problem = f"its ids must be {n} strings"
+    if problem is not None:
+        raise GradleakError(
+            f"ground truth {truth_file} does not match observation {path}: {problem}"
+        )
+    return GroundTruth(images, labels, list(ids))
+
+
+def build_input_shape(config: dict) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images the model of ``config`` takes."""
+    return (config["in_channels"], config["image_size"], config["image_size"])
+
+
+def _read_safetensors(
+    path: Path, expected_format: str, what: str = "an observation file"
+) -> tuple[dict[str, torch.Tensor], dict]:
+    _check_regular_file(path, what)
     try:
         from safetensors import safe_open
 
@@ -704,15 +877,31 @@ def _read_safetensors(path: Path, expected_format: str) -> tuple[dict[str, torch
         raise GradleakError(f"{path} is a safetensors file but not a gradleak file")
     try:
         header = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise GradleakError(f"{path}: corrupt JSON header") from None
     if not isinstance(header, dict):
         raise GradleakError(f"{path}: corrupt JSON header (not an object)")
     if header.get("format") != expected_format:
         raise GradleakError(
-            f"{path}: expected a {expected_format} file, found {header.get('format')!r}"
+            f"{path}: expected a {expected_format} file, found {_short(header.get('format'))}"
         )
     return tensors, header
+
+
+def _check_regular_file(path: Path, what: str) -> None:
+    """``path`` must be a regular file: a folder, FIFO, socket or device is refused before it
+    is opened (reading a FIFO would wait for a writer forever)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise GradleakError(f"no such file: {path}") from None
+    except OSError as err:
+        raise GradleakError(f"cannot read {path}: {err.strerror or err}") from None
+    if stat.S_ISDIR(mode):
+        raise GradleakError(f"{path} is a folder, not {what}")
+    if not stat.S_ISREG(mode):
+        kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+        raise GradleakError(f"{path} is a {kind}, not {what} (a regular file)")
 
 
 def _load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -736,10 +925,14 @@ def _check_bn_statistics(statistics: dict[str, torch.Tensor], model: ImageClassi
     for name, value in statistics.items():
         if name not in layers:
             raise GradleakError(f"BatchNorm statistics recorded for '{name}', no BatchNorm layer")
-        if tuple(value.shape) != (2, layers[name].num_features) or not value.is_floating_point():
+        if tuple(value.shape) != (2, layers[name].num_features) or value.dtype != torch.float32:
             raise GradleakError(
                 f"BatchNorm statistics of '{name}' must be (2, {layers[name].num_features}) "
-                f"floats (mean, variance), got {list(value.shape)} {value.dtype}"
+                f"float32 values (mean, variance), got {list(value.shape)} {value.dtype}"
+            )
+        if not torch.isfinite(value).all() or bool((value[1] < 0).any()):
+            raise GradleakError(
+                f"BatchNorm statistics of '{name}' must be finite, with variances >= 0"
             )
 
 
