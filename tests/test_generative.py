@@ -40,7 +40,15 @@ def observation(bundled):
 
 def test_resumed_training_ends_with_identical_weights(bundled, tmp_path):
     whole = train_generator(bundled.images, out=tmp_path / "a.safetensors", steps=6, **TINY)
-    train_generator(bundled.images, out=tmp_path / "b.safetensors", steps=3, **TINY)
+    assert not (tmp_path / "a.ckpt.safetensors").exists()  # removed with the artifact written
+
+    def stop(done, _total, _values):
+        if done == 4:
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):  # in step 4: step 3's checkpoint stays
+        train_generator(bundled.images, out=tmp_path / "b.safetensors", steps=6, every=3,
+                        progress=stop, **TINY)  # fmt: skip
     assert (tmp_path / "b.ckpt.safetensors").is_file()
     resumed = train_generator(bundled.images, out=tmp_path / "b.safetensors", steps=6, **TINY)
     for (name, a), (_, b) in zip(

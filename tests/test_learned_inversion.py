@@ -115,7 +115,7 @@ def test_training_resumes_bit_identically(aux, tmp_path):
     data = aux.subset(slice(0, 100))
     settings = {"batch_sizes": (1, 2), "hash_dim": 64, "hidden": 16, "minibatch": 8, "steps": 6}
     whole = train_inverter(model, data, out=tmp_path / "a.safetensors", **settings)
-    assert (tmp_path / "a.ckpt.safetensors").exists()  # the default checkpoint beside the output
+    assert not (tmp_path / "a.ckpt.safetensors").exists()  # removed once the output is written
 
     class Interrupted(Exception):
         pass
@@ -132,6 +132,9 @@ def test_training_resumes_bit_identically(aux, tmp_path):
     for key, value in whole.net.state_dict().items():
         assert torch.equal(value, resumed.net.state_dict()[key]), key
     assert load_inverter(out).card["final"] == whole.card["final"]
+    out = tmp_path / "c.safetensors"  # an interrupted run's checkpoint fits that run only
+    with pytest.raises(Interrupted):
+        train_inverter(model, data, out=out, checkpoint_every=2, progress=interrupt, **settings)
     with pytest.raises(GradleakError, match="another training run"):
         train_inverter(model, data, out=out, **{**settings, "hidden": 8})
 

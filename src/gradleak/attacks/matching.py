@@ -8,13 +8,21 @@ BatchNorm statistics and group consistency), a label strategy (known, analytic, 
 optimizer (L-BFGS, or Adam, optionally on signed gradients, with a step or cosine schedule). All
 restarts are one batched tensor; each restart keeps its best iterate and the restart with the
 lowest gradient distance is returned.
+
+Inside :func:`keeping_best` the loop hands its best iterate so far to a keeper every ``every``
+seconds of wall time and, on Ctrl-C, after the step it interrupts (then raises
+KeyboardInterrupt), so that an interrupted run keeps its progress; the experiments write it to
+the case's ``partial.*`` files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +47,7 @@ from gradleak.attacks.requirements import LABELS
 from gradleak.errors import GradleakError
 from gradleak.gradient.simulation import ClientSimulator
 from gradleak.gradient.structure import batchnorm_layers
+from gradleak.interrupts import StepInterrupts
 from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
@@ -117,6 +126,44 @@ class MatchingSettings:
     estimate_batch_size: bool = False
 
 
+@dataclass(frozen=True)
+class BestSoFar:
+    """The best iterate of a running optimization, as handed to a keeper.
+
+    Attributes:
+        step: optimizer steps run; ``total``: the steps asked for.
+        images: (B, C, H, W) in [0, 1] on the CPU; ``labels``: (B,) (not refined yet).
+        gradient_distance: its gradient distance; ``seconds``: wall time since the start.
+        interrupted: kept because of Ctrl-C (the run stops after this).
+    """
+
+    attack: str
+    step: int
+    total: int
+    images: torch.Tensor
+    labels: torch.Tensor
+    gradient_distance: float
+    seconds: float
+    interrupted: bool = False
+
+
+_KEEPER: ContextVar[tuple[Callable[[BestSoFar], None], float] | None] = ContextVar(
+    "gradleak_keeper", default=None
+)
+
+
+@contextlib.contextmanager
+def keeping_best(keep: Callable[[BestSoFar], None], every: float = 30.0):
+    """Inside, every gradient-matching optimization calls ``keep(best)`` (:class:`BestSoFar`)
+    every ``every`` seconds of wall time, and on Ctrl-C once the interrupted step is over (then
+    raises KeyboardInterrupt): an interrupted run keeps its progress."""
+    token = _KEEPER.set((keep, every))
+    try:
+        yield
+    finally:
+        _KEEPER.reset(token)
+
+
 class _BestIterates:
     """Keeps, per restart, the iterate with the lowest objective seen so far."""
 
@@ -147,6 +194,20 @@ class _BestIterates:
 
     def best_restart(self) -> int:
         return int(torch.nan_to_num(self.distance, nan=torch.inf).argmin())
+
+    def so_far(self, attack: str, step: int, total: int, start: float, interrupted: bool):
+        keep = self.best_restart()
+        labels = self.labels[keep]
+        return BestSoFar(
+            attack=attack,
+            step=step,
+            total=total,
+            images=self.images[keep].clamp(0, 1).cpu(),
+            labels=(labels.argmax(-1) if labels.is_floating_point() else labels).long().cpu(),
+            gradient_distance=float(self.distance[keep]),
+            seconds=time.perf_counter() - start,
+            interrupted=interrupted,
+        )
 
 
 @dataclass
@@ -293,51 +354,62 @@ class GradientMatchingAttack(Attack):
         history: list[float] = []
         frame_every = max(1, total // MAX_FRAMES)
         done = 0
-        for stage in self.stages(context):
-            parameterization = stage.parameterization
+        keeper = _KEEPER.get()
+        start = kept = time.perf_counter()
+        interrupts = StepInterrupts() if keeper is not None else contextlib.nullcontext()
+        with interrupts:
+            for stage in self.stages(context):
+                parameterization = stage.parameterization
 
-            def objective(parameterization=parameterization) -> torch.Tensor:
-                images = parameterization.images()
-                candidate_labels = label_logits if label_logits is not None else labels
-                lr = None if log_lr is None else log_lr.exp()
-                gradients, statistics = simulator.simulate(
-                    *self.replayed(parameterization, images, candidate_labels), lr
+                def objective(parameterization=parameterization) -> torch.Tensor:
+                    images = parameterization.images()
+                    candidate_labels = label_logits if label_logits is not None else labels
+                    lr = None if log_lr is None else log_lr.exp()
+                    gradients, statistics = simulator.simulate(
+                        *self.replayed(parameterization, images, candidate_labels), lr
+                    )
+                    dist = distance(gradients)
+                    total_objective = dist + prior(images, statistics)
+                    if hasattr(parameterization, "penalty"):  # e.g. GIAS's regularizer (R,)
+                        total_objective = total_objective + parameterization.penalty()
+                    best.update(total_objective, dist, images, candidate_labels)
+                    return total_objective
+
+                stage_settings = dataclasses.replace(
+                    settings,
+                    iterations=stage.iterations,
+                    lr=settings.lr if stage.lr is None else stage.lr,
                 )
-                dist = distance(gradients)
-                total_objective = dist + prior(images, statistics)
-                if hasattr(parameterization, "penalty"):  # e.g. GIAS's weight regularizer (R,)
-                    total_objective = total_objective + parameterization.penalty()
-                best.update(total_objective, dist, images, candidate_labels)
-                return total_objective
-
-            stage_settings = dataclasses.replace(
-                settings,
-                iterations=stage.iterations,
-                lr=settings.lr if stage.lr is None else stage.lr,
-            )
-            variables = [*parameterization.parameters(), *extra_variables]
-            step = _make_step(stage_settings, variables, objective, parameterization)
-            stale, best_seen = 0, float("inf")
-            for it in range(stage.iterations):
-                if prior.group is not None and it and it % settings.group_every == 0:
-                    prior.group.register(parameterization.images().detach())
-                value = step(it)
-                done += 1
-                current = float(best.distance.min())
-                history.append(current)
-                if done % frame_every == 0 or done == 1:
-                    frames.append(best.images[best.best_restart()].clamp(0, 1).clone())
-                    frame_steps.append(done - 1)
-                context.progress(done, total, current)
-                if not torch.isfinite(value):
-                    break
-                total_best = float(best.objective.min())
-                if total_best < best_seen * (1 - 1e-6):
-                    best_seen, stale = total_best, 0
-                else:
-                    stale += 1
-                if settings.patience is not None and stale >= settings.patience:
-                    break
+                variables = [*parameterization.parameters(), *extra_variables]
+                step = _make_step(stage_settings, variables, objective, parameterization)
+                stale, best_seen = 0, float("inf")
+                for it in range(stage.iterations):
+                    if prior.group is not None and it and it % settings.group_every == 0:
+                        prior.group.register(parameterization.images().detach())
+                    value = step(it)
+                    done += 1
+                    current = float(best.distance.min())
+                    history.append(current)
+                    if done % frame_every == 0 or done == 1:
+                        frames.append(best.images[best.best_restart()].clamp(0, 1).clone())
+                        frame_steps.append(done - 1)
+                    context.progress(done, total, current)
+                    if keeper is not None:
+                        stop = interrupts.pending
+                        if stop or time.perf_counter() - kept >= keeper[1]:
+                            keeper[0](best.so_far(self.name, done, total, start, stop))
+                            kept = time.perf_counter()
+                        if stop:
+                            interrupts.stop()
+                    if not torch.isfinite(value):
+                        break
+                    total_best = float(best.objective.min())
+                    if total_best < best_seen * (1 - 1e-6):
+                        best_seen, stale = total_best, 0
+                    else:
+                        stale += 1
+                    if settings.patience is not None and stale >= settings.patience:
+                        break
         if best.images is None:
             raise GradleakError(f"attack '{self.name}' ran no optimization step")
         if not frame_steps or frame_steps[-1] != done - 1:

@@ -1,11 +1,23 @@
 """Running one case's method on its observation: an attack, a label recovery or a batch-size
 estimate. Each returns the case's record and the files it made (name -> bytes), so that the
 process that runs a case never has to write into the run's folder itself.
+
+The one exception is a running attack's best iterate so far: every :data:`PARTIAL_SECONDS` of
+wall time (``GRADLEAK_PARTIAL_SECONDS`` in the environment overrides it), and on Ctrl-C, the
+process running it writes ``partial.json`` (step, gradient distance, PSNR),
+``partial.safetensors`` (a reconstruction) and ``partial.png`` (truth row, best row) into the
+case's folder, which has no ``case.json`` yet; the run's folder removes them when the case is
+saved (:meth:`~gradleak.experiments.store.RunFolder.save`). They are for the user to look at: a
+rerun starts the case from its beginning, so its result is bit-identical to that of a run never
+interrupted (same seed, device and threads), and keeps a partial file that got further until its
+own gets further.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import tempfile
 import time
 import traceback
@@ -15,16 +27,22 @@ from pathlib import Path
 import torch
 
 from gradleak.attacks import Reconstruction, get_attack, save_reconstruction
+from gradleak.attacks.matching import BestSoFar, keeping_best
 from gradleak.attacks.objectives import matching_distance
 from gradleak.errors import GradleakError
 from gradleak.experiments import build
 from gradleak.experiments.spec import AttackSpec, BatchSizeSpec, Case, LabelsSpec
+from gradleak.experiments.store import PARTIAL, case_folder
 from gradleak.metrics import label_accuracy, score_batch
 from gradleak.metrics.image import psnr
+from gradleak.records import write_json
 from gradleak.report import save_gif, save_grid
 from gradleak.threat import Observation
 
 Files = dict[str, bytes]
+#: Wall time between two writes of a running attack's best iterate.
+PARTIAL_SECONDS = 30.0
+PARTIAL_ENV = "GRADLEAK_PARTIAL_SECONDS"
 
 
 def run_case(case: Case, root: Path, callback=None, device: str = "cpu") -> tuple[dict, Files]:
@@ -59,21 +77,93 @@ def run_attack(
     problems = attack.check(observation, batch_size=spec.batch_size, model=model)
     if problems:
         return {"status": "skipped", "error": "; ".join(problems)}, {}
-    reconstruction = attack(
-        observation,
-        iterations=spec.iterations,
-        restarts=spec.restarts,
-        seed=case.seed,
-        batch_size=spec.batch_size,
-        callback=callback,
-        model=model,
-        device=device,
-    )
+    keeper = KeepBest(Path(root) / "cases" / case_folder(case.id), case, observation)
+    with keeping_best(keeper, partial_seconds()):
+        reconstruction = attack(
+            observation,
+            iterations=spec.iterations,
+            restarts=spec.restarts,
+            seed=case.seed,
+            batch_size=spec.batch_size,
+            callback=callback,
+            model=model,
+            device=device,
+        )
     record, files = describe(reconstruction, observation)
     record["cosine_distance"] = matching_distance(
         observation, model, reconstruction.images, reconstruction.labels
     )
     return record, files
+
+
+def partial_seconds() -> float:
+    """Seconds between two writes of a running attack's best iterate (see the docstring)."""
+    text = os.environ.get(PARTIAL_ENV)
+    if text is None:
+        return PARTIAL_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise GradleakError(f"{PARTIAL_ENV} must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+class KeepBest:
+    """Writes a running case's best iterate so far into ``folder`` (the ``partial.*`` files of
+    the module docstring), unless a previous run of the case kept one further along."""
+
+    def __init__(self, folder: Path, case: Case, observation: Observation):
+        self.folder, self.case, self.truth = folder, case, observation.truth
+        try:
+            previous = json.loads((folder / PARTIAL[0]).read_text())
+            ok = isinstance(previous, dict) and previous.get("key") == case.key()
+            self.floor = int(previous.get("step", 0)) if ok else 0
+        except (OSError, ValueError, TypeError):
+            self.floor = 0
+
+    def __call__(self, best: BestSoFar) -> None:
+        if best.step <= self.floor:
+            return
+        record = {
+            "id": self.case.id,
+            "key": self.case.key(),
+            "attack": best.attack,
+            "step": best.step,
+            "iterations": best.total,
+            "gradient_distance": best.gradient_distance,
+            "seconds": best.seconds,
+            "interrupted": best.interrupted,
+            "written": time.time(),
+            "labels": best.labels.tolist(),
+        }
+        rows = [best.images]
+        if self.truth is not None and self.truth.images.shape == best.images.shape:
+            score = score_batch(best.images, self.truth.images, best.labels, self.truth.labels)
+            record.update(score.summary())
+            rows = [self.truth.images, best.images[score.order]]
+        record["resume"] = (
+            "none: the best iterate so far, kept to look at; the same command runs the case "
+            "again from its start and removes these files when it finishes"
+        )
+        reconstruction = Reconstruction(
+            images=best.images,
+            labels=best.labels,
+            attack=best.attack,
+            gradient_distance=best.gradient_distance,
+            iterations=best.step,
+            seconds=best.seconds,
+            notes={"partial": f"best iterate after {best.step} of {best.total} steps"},
+        )
+        try:  # each file whole (written aside, then renamed); the record last
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tensors = save_reconstruction(reconstruction, self.folder / ".partial.tmp")
+            os.replace(tensors, self.folder / PARTIAL[1])
+            os.replace(save_grid(self.folder / ".partial.tmp.png", rows), self.folder / PARTIAL[2])
+            write_json(self.folder / PARTIAL[0], record)
+        except OSError:
+            pass  # e.g. a Ray worker on a machine without the run's folder: nothing kept
 
 
 def describe(reconstruction: Reconstruction, observation: Observation) -> tuple[dict, Files]:

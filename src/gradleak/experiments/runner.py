@@ -1,14 +1,18 @@
 """The one runner: an experiment's artifacts, then its cases, on any backend, resumable.
 
-:func:`run_experiment` resolves the user's overrides once (:class:`RunOptions`), refuses a folder
-that holds another run, trains or loads the artifacts, skips the cases a previous run finished,
-runs the others (:mod:`~gradleak.experiments.backends`) writing each as it finishes, and writes
-``results.json``, ``results.csv``, ``table.md`` and the figures.
+:func:`run_experiment` resolves the user's overrides once (:class:`RunOptions`), becomes the
+folder's only writer (another process writing there is refused, naming its pid), refuses a folder
+that holds another run or finished cases this run would replace or drop, trains or loads the
+artifacts, skips the cases a previous run finished, runs the others
+(:mod:`~gradleak.experiments.backends`) writing each as it finishes, and writes ``results.json``,
+``results.csv``, ``table.md`` and the figures. An interrupted case keeps its best iterate so far
+(``partial.*``, :mod:`~gradleak.experiments.methods`) and runs again from its start.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +24,7 @@ from gradleak.errors import GradleakError
 from gradleak.experiments import build
 from gradleak.experiments.backends import run_cases
 from gradleak.experiments.spec import Case, Experiment, RunOptions
-from gradleak.experiments.store import RunFolder, markdown_table
+from gradleak.experiments.store import PARTIAL, RunFolder, case_folder, markdown_table
 from gradleak.records import environment
 from gradleak.report import save_gif, save_grid
 
@@ -54,11 +58,13 @@ def run_experiment(
     progress: Progress | None = None,
 ) -> dict:
     """Run ``experiment`` into ``out`` (see the module docstring); returns ``results.json``'s
-    content. Interrupted (Ctrl-C), it writes the results of the finished cases and re-raises.
+    content. Interrupted (Ctrl-C), it writes the results of the finished cases, says which
+    running case kept its best iterate, and re-raises.
 
     Raises:
-        GradleakError: an override the experiment has no setting for, a folder holding another
-            run, duplicate case ids, or a backend that cannot start.
+        GradleakError: an override the experiment has no setting for, a folder another process
+            writes or holding another run (or finished cases not of this run), duplicate case
+            ids, or a backend that cannot start.
     """
     options = options or RunOptions()
     progress = progress or Progress()
@@ -67,15 +73,30 @@ def run_experiment(
     settings = options.apply(experiment.settings, experiment.name)
     out = Path(out)
     folder = RunFolder(out, experiment.name, dataclasses.asdict(settings))
+    with folder:  # the only writer until the run ends (or its process dies)
+        cases = list(experiment.cases(settings))
+        _check_unique(cases)
+        folder.check_cases(cases)
+        return _run(experiment, settings, cases, folder, options, progress)
+
+
+def _run(experiment, settings, cases: list[Case], folder: RunFolder, options, progress) -> dict:
+    out = folder.out
     versions = environment()
     folder.claim(versions)
     for spec in experiment.artifacts(settings):
         build.artifact(spec, out, progress.training(spec.name, spec.steps), options.device)
-    cases = list(experiment.cases(settings))
-    _check_unique(cases)
     pending = [case for case in cases if folder.done(case) is None]
     if len(pending) < len(cases):
         progress.note(f"{len(cases) - len(pending)} of {len(cases)} cases already in {out}")
+    for case in pending:
+        kept = folder.partial(case)
+        if kept is not None:
+            progress.note(
+                f"{case.id}: an interrupted run kept its best iterate (step {kept.get('step')} "
+                f"of {kept.get('iterations')}, {_partial_path(out, case)}); the case runs again "
+                "from its start"
+            )
     axes = list(dict.fromkeys(key for case in cases for key in case.record))
 
     def results() -> dict:
@@ -90,6 +111,7 @@ def run_experiment(
     def started(case: Case):
         return progress.case_started(case, position[case.id], len(cases))
 
+    began = time.time()
     try:
         for case, record, files in run_cases(pending, out, options, started):
             record = folder.save(case, record, files)
@@ -98,12 +120,26 @@ def run_experiment(
             if folder.due(5.0):
                 content = results()
                 folder.write(content, table(content), axes)
+    except KeyboardInterrupt:
+        for case in pending:
+            kept = folder.partial(case) if case.id not in folder.records else None
+            if kept is not None and kept.get("written", 0) >= began:
+                progress.note(
+                    f"{case.id}: kept its best iterate so far (step {kept.get('step')} of "
+                    f"{kept.get('iterations')}) in {_partial_path(out, case)}; the same "
+                    "command runs it again from its start"
+                )
+        raise
     finally:  # also when interrupted: what finished is written
         content = results()
         folder.write(content, table(content), axes)
     content["files"] = write_figures(out, cases, content["cases"])
     folder.write(content, table(content), axes)
     return content
+
+
+def _partial_path(out: Path, case: Case) -> Path:
+    return out / "cases" / case_folder(case.id) / PARTIAL[2]
 
 
 def _check_unique(cases: list[Case]) -> None:

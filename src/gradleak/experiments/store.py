@@ -5,15 +5,23 @@ reconstruction, so a case is done exactly when its ``case.json`` exists: a kille
 ``kill -9``) loses at most the cases in flight, and the same command resumes with no finished case
 run again. ``OUT/results.json`` (settings, versions, cases, summary), ``results.csv`` (a row per
 case) and ``table.md`` are rebuilt from the case files. A folder holding a run with other
-settings is refused, never overwritten.
+settings is refused, never overwritten, and so is one holding finished cases the run would replace
+or leave out of its results (:meth:`RunFolder.check_cases`). One process at a time writes a
+folder: it holds ``OUT/.lock`` (``flock``, released by the kernel when the process dies, so a
+killed run leaves no lock that blocks the next one).
+
+While a case runs, the process running it may keep its best iterate so far in
+``OUT/cases/<case>/partial.*`` (:data:`PARTIAL`); they are removed when the case is saved.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
+import os
 import re
 import statistics
 import time
@@ -27,6 +35,9 @@ RESULTS = "results.json"
 CASE_FILE = "case.json"
 SCORES = ("psnr", "ssim", "label_accuracy", "seconds", "status", "error")
 STATUSES = ("done", "skipped", "failed")
+LOCK = ".lock"
+#: A running case's best iterate so far (:mod:`gradleak.experiments.methods`), while it runs.
+PARTIAL = ("partial.json", "partial.safetensors", "partial.png")
 
 
 def case_folder(case_id: str) -> str:
@@ -56,21 +67,106 @@ class RunFolder:
         self.settings = json.loads(json.dumps(json_safe(settings), default=str))
         self.records: dict[str, dict] = {}
         self._written = 0.0
+        self._lock: int | None = None
         if self.out.exists() and not self.out.is_dir():
             raise GradleakError(f"--out {self.out} is a file, not a folder")
+        self._check_results()
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def _check_results(self) -> None:
         existing = self.out / RESULTS
         if existing.exists():
             try:
                 old = json.loads(existing.read_text())
             except (OSError, json.JSONDecodeError):
                 raise GradleakError(f"{existing} is not readable JSON; move it away") from None
-            if old.get("preset") != name or old.get("settings") != self.settings:
+            if old.get("preset") != self.name or old.get("settings") != self.settings:
                 raise GradleakError(
                     f"{self.out} holds results of another run "
-                    f"({_difference(old, name, self.settings)}); choose another --out or move "
-                    f"that folder away"
+                    f"({_difference(old, self.name, self.settings)}); choose another --out or "
+                    f"move that folder away"
                 )
-        self.out.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ one writer
+    def lock(self) -> None:
+        """Become the folder's only writer until :meth:`release` (or this process ends): hold
+        ``OUT/.lock`` (``flock``) with this process's id in it, then check the results again.
+
+        Raises:
+            GradleakError: another process holds the folder (its pid is named), or the results
+                there are of another run.
+        """
+        import fcntl
+
+        path = self.out / LOCK
+        while self._lock is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    return  # a file system without locks: run unguarded
+                raise GradleakError(
+                    f"another gradleak process{_lock_owner(path)} is writing in {self.out}; "
+                    "wait for it to finish or choose another --out"
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous owner removed the file as we opened it: again
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._lock = fd
+        try:
+            self._check_results()  # a run that finished while we looked is seen now
+        except GradleakError:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Stop being the folder's writer (removes ``OUT/.lock``)."""
+        if self._lock is not None:
+            (self.out / LOCK).unlink(missing_ok=True)
+            os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> RunFolder:
+        self.lock()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.release()
+
+    def check_cases(self, cases: list[Case]) -> None:
+        """Refuse a folder holding finished cases that are not among ``cases`` (another image,
+        another case spec): this run would replace them or leave them out of its results.
+
+        Raises:
+            GradleakError: naming one of them and how many there are.
+        """
+        expected = {case_folder(c.id): (c.id, c.key()) for c in cases}
+        foreign = []
+        for path in sorted((self.out / "cases").glob(f"*/{CASE_FILE}")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue  # torn, not a result: the case runs again
+            if not isinstance(record, dict):
+                continue
+            mine = expected.get(path.parent.name)
+            if mine != (record.get("id"), record.get("key")):
+                why = "not a case of this run" if mine is None else "another spec of the case"
+                foreign.append(f"cases/{path.parent.name}: {why}")
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise GradleakError(
+                f"{self.out} holds finished cases of another run ({foreign[0]}{more}) that this "
+                "run would replace or drop; choose another --out or move that folder away"
+            )
 
     def claim(self, versions: dict) -> None:
         """Write a ``results.json`` without cases unless one is there: from now on a run with
@@ -78,6 +174,16 @@ class RunFolder:
         if not (self.out / RESULTS).exists():
             empty = {"preset": self.name, "settings": self.settings, "versions": versions}
             write_json(self.out / RESULTS, {**empty, "cases": [], "summary": summarize([])})
+
+    def partial(self, case: Case) -> dict | None:
+        """What ``partial.json`` says of the best iterate an interrupted run of ``case`` kept
+        (None: nothing kept, or kept for another spec of the case)."""
+        path = self.out / "cases" / case_folder(case.id) / PARTIAL[0]
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return record if isinstance(record, dict) and record.get("key") == case.key() else None
 
     # ------------------------------------------------------------------ cases
     def done(self, case: Case) -> dict | None:
@@ -109,6 +215,8 @@ class RunFolder:
                 Path(name).stem: (folder / name).relative_to(self.out).as_posix() for name in files
             }
         write_json(folder / CASE_FILE, record)
+        for name in PARTIAL:  # the case is done: its kept best iterate is not needed any more
+            (folder / name).unlink(missing_ok=True)
         self.records[case.id] = record
         return record
 
@@ -234,6 +342,14 @@ def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def _lock_owner(path: Path) -> str:
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return ""
+    return f" (pid {pid})"
 
 
 def _difference(old: dict, name: str, settings: dict) -> str:

@@ -3,8 +3,10 @@
 The GAN objective is the non-saturating loss of Goodfellow et al. (NeurIPS 2014, sec. 3):
 the discriminator minimizes ``softplus(-D(x)) + softplus(D(G(z)))``, the generator
 ``softplus(-D(G(z)))``; Adam with betas (0.5, 0.999) as in DCGAN. Real images are flipped
-horizontally at random. The loop is :func:`gradleak.learning.train` (resumable, bit-identical);
-the result is an artifact of kind ``"generator"`` (safetensors + JSON card).
+horizontally at random. The loop is :func:`gradleak.learning.train` (resumable, bit-identical;
+checkpoints every ``every`` steps, every minute of wall time and on Ctrl-C); the result is an
+artifact of kind ``"generator"`` (safetensors + JSON card), and the checkpoint is removed once it
+is written.
 
 On 1 CPU thread a step of the default 32x32 generator (width 48, latent 100, batch 64) takes
 about 0.25 s; 2,700 steps on 2,992 CIFAR-10 images of 3 classes (15 minutes on a shared machine)
@@ -14,6 +16,7 @@ give samples with recognizable ships and planes.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
@@ -49,6 +52,7 @@ def train_generator(
     private: ImageSet | torch.Tensor | None = None,
     every: int = 200,
     device: str | torch.device | None = None,
+    every_seconds: float | None = 60.0,
 ) -> Generator:
     """Train a DCGAN generator on ``images`` and save it to ``out`` (kind ``"generator"``).
 
@@ -59,12 +63,14 @@ def train_generator(
         size, latent_dim, width: the architecture (:class:`~gradleak.generative.Generator`).
         batch, lr, seed: batch of real images per step, Adam's step size, seed of every step.
         checkpoint: resumable state (default ``<out>.ckpt.safetensors``); a run started again
-            with the same arguments continues from it and ends with identical weights.
+            with the same arguments continues from it and ends with identical weights. It is
+            removed once ``out`` is written.
         progress: ``progress(done, steps, {"d_loss": .., "g_loss": ..})`` after every step.
         card: facts to add to the artifact's card (e.g. ``{"data": "cifar10:aux",
             "classes": [3, 8, 0]}``).
         private: the images to be attacked; refused if any of them is in ``images``.
         every: steps between checkpoints.
+        every_seconds: wall time between checkpoints too (None: by steps only).
         device: where to train (``"auto"``, ``"cuda"``, ...; None: the CPU). The random draws
             come from CPU generators whatever the device; the images stay where they are and
             each step's batch is moved.
@@ -123,6 +129,7 @@ def train_generator(
         optimizers["generator"].step()
         return {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach())}
 
+    checkpoint = default_checkpoint(out) if checkpoint is None else checkpoint
     log = train(
         step,
         modules={"generator": generator, "discriminator": discriminator},
@@ -130,9 +137,10 @@ def train_generator(
         steps=steps,
         seed=seed,
         config=config,
-        checkpoint=default_checkpoint(out) if checkpoint is None else checkpoint,
+        checkpoint=checkpoint,
         every=every,
         progress=progress,
+        every_seconds=every_seconds,
     )
     _calibrate(generator, batch, seed)
     generator = generator.cpu()  # what training returns (and saves) lives on the CPU
@@ -158,6 +166,7 @@ def train_generator(
         },
         kind=KIND,
     )
+    Path(checkpoint).unlink(missing_ok=True)  # the artifact holds what training was for
     return generator.eval().requires_grad_(False)
 
 

@@ -61,6 +61,7 @@ def train_inverter(
     held_out: int = 256,
     checkpoint: str | os.PathLike | bool | None = None,
     checkpoint_every: int = 500,
+    checkpoint_seconds: float | None = 60.0,
     progress: TrainProgress | None = None,
     private: ImageSet | torch.Tensor | None = None,
     device: str | torch.device | None = None,
@@ -79,7 +80,9 @@ def train_inverter(
         flip: also train on horizontally flipped images.
         held_out: auxiliary images kept out of training for the scores on the card.
         checkpoint: resumable checkpoint (default ``<out stem>.ckpt.safetensors``; False: none);
-            written every ``checkpoint_every`` steps and at the end.
+            written every ``checkpoint_every`` steps, every ``checkpoint_seconds`` of wall
+            time (None: by steps only), on Ctrl-C and at the end; removed once ``out`` is
+            written.
         progress: ``progress(done, total, {"mse": ..., ...})`` after every step.
         private: the images attacked later; training refuses auxiliary copies of them.
         device: where the gradients are computed and the inverter trains (``"auto"``,
@@ -184,6 +187,7 @@ def train_inverter(
         checkpoint=checkpoint,
         every=checkpoint_every,
         progress=progress,
+        every_seconds=checkpoint_seconds,
     )
     card = {
         **config,
@@ -213,6 +217,8 @@ def train_inverter(
     card["seconds"] = time.perf_counter() - start
     inverter.card = json_safe({**card, "kind": KIND})
     save_artifact(out, inverter_tensors(inverter), card, kind=KIND)
+    if checkpoint is not None:  # the artifact holds what training was for
+        Path(checkpoint).unlink(missing_ok=True)
     return inverter
 
 

@@ -1,9 +1,11 @@
 """A resumable training loop for the attacker's own networks (generators, inverters).
 
 Every step draws its randomness from a generator seeded by ``(seed, step)``, and the loop writes a
-checkpoint (module weights, optimizer state, step, log; safetensors + JSON) every ``every`` steps
-and at the end. A run killed at any point and started again with the same configuration continues
-from its last checkpoint and ends bit-identical to a run that was never interrupted.
+checkpoint (module weights, optimizer state, step, log; safetensors + JSON) every ``every`` steps,
+every ``every_seconds`` of wall time, at the end, and on Ctrl-C (after the step it interrupts,
+:class:`gradleak.interrupts.StepInterrupts`). A run killed at any point and started again with the
+same configuration continues from its last checkpoint and ends bit-identical to a run that was
+never interrupted.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from gradleak.errors import GradleakError
+from gradleak.interrupts import StepInterrupts
 from gradleak.records import json_safe
 
 CHECKPOINT_FORMAT = "gradleak.checkpoint/1"
@@ -53,6 +56,7 @@ def train(
     every: int = 100,
     log_every: int = 10,
     progress: TrainProgress | None = None,
+    every_seconds: float | None = 60.0,
 ) -> list[dict]:
     """Run ``steps`` training steps, resuming from ``checkpoint`` when it holds this run.
 
@@ -67,6 +71,9 @@ def train(
         every: steps between checkpoints.
         log_every: steps between log entries (the last step is always logged).
         progress: called after every step.
+        every_seconds: wall time between checkpoints (None: by steps only), so that a slow
+            run loses little when killed; Ctrl-C writes one after the step it interrupts and
+            raises KeyboardInterrupt.
 
     Returns:
         The log: one ``{"step": n, "seconds": s, **values}`` entry per ``log_every`` steps.
@@ -86,18 +93,26 @@ def train(
     clock = time.perf_counter() - elapsed
     for module in modules.values():
         module.train()
-    for index in range(start_step, steps):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed) * 1_000_003 + index)
-            values = step(index, step_generator(seed, index))
-        done = index + 1
-        if done % log_every == 0 or done == steps:
-            entry = {"step": done, "seconds": time.perf_counter() - clock}
-            log.append({**entry, **{k: float(v) for k, v in values.items()}})
-        if progress is not None:
-            progress(done, steps, values)
-        if checkpoint is not None and (done % every == 0 or done == steps):
-            save_checkpoint(checkpoint, modules, optimizers, config, done, log)
+    saved = time.monotonic()
+    with StepInterrupts() as interrupts:
+        for index in range(start_step, steps):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed) * 1_000_003 + index)
+                values = step(index, step_generator(seed, index))
+            done = index + 1
+            if done % log_every == 0 or done == steps:
+                entry = {"step": done, "seconds": time.perf_counter() - clock}
+                log.append({**entry, **{k: float(v) for k, v in values.items()}})
+            if progress is not None:
+                progress(done, steps, values)
+            due = done % every == 0 or done == steps or interrupts.pending
+            if every_seconds is not None and time.monotonic() - saved >= every_seconds:
+                due = True
+            if checkpoint is not None and due:
+                save_checkpoint(checkpoint, modules, optimizers, config, done, log)
+                saved = time.monotonic()
+            if interrupts.pending:
+                interrupts.stop()
     return log
 
 
