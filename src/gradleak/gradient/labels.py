@@ -344,20 +344,43 @@ def solve_counts(probs: torch.Tensor, grad_bias: torch.Tensor, batch_size: int) 
     eye = torch.eye(k, dtype=torch.float64)
     system = torch.cat([torch.ones(1, k, dtype=torch.float64), probs.double().T - eye])
     target = torch.cat([torch.tensor([float(batch_size)]), batch_size * grad_bias.double()])
+    if not (torch.isfinite(system).all() and torch.isfinite(target).all()):
+        # e.g. an all-zero output gradient (no class stands out) or one of overflowing size
+        raise GradleakError(
+            "the output layer's gradient gives no finite system for the label counts "
+            "(it is zero, or too large); no label can be read from it"
+        )
     return torch.linalg.lstsq(system, target[:, None]).solution[:, 0]
 
 
 def round_counts(real: torch.Tensor, batch_size: int) -> torch.Tensor:
     """The non-negative integer counts summing to ``batch_size`` nearest to ``real`` (squared
     error; the greedy steps below are optimal for this separable convex problem)."""
-    real = real.double().clamp(min=0)
+    real = torch.nan_to_num(real.double(), nan=0.0, posinf=batch_size, neginf=0.0)
+    real = real.clamp(0, batch_size)
     counts = real.round().long()
+    if abs(int(counts.sum()) - batch_size) > len(counts):  # far off: shift all classes at once
+        counts = _shifted_counts(real, batch_size)
     while counts.sum() > batch_size:
         excess = torch.where(counts > 0, counts - real, torch.tensor(-torch.inf, dtype=real.dtype))
         counts[int(excess.argmax())] -= 1
     while counts.sum() < batch_size:
         counts[int((counts - real).argmin())] += 1
     return counts
+
+
+def _shifted_counts(real: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``max(0, round(real - shift))`` for the smallest shift whose counts sum to at most
+    ``batch_size`` (bisection): the optimum of the rounding problem for its own sum, so the
+    greedy steps of :func:`round_counts` finish it in at most one step per class."""
+    low, high = -float(batch_size) - 1.0, float(batch_size) + 1.0
+    for _ in range(100):
+        middle = (low + high) / 2
+        if int((real - middle).round().clamp(min=0).sum()) > batch_size:
+            low = middle
+        else:
+            high = middle
+    return (real - high).round().clamp(min=0).long()
 
 
 def auxiliary_probabilities(

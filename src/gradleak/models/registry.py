@@ -236,7 +236,7 @@ def _pretrained_path(name: str) -> Path:
 def _spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
         raise GradleakError(
-            f"unknown model {name!r}; choose one of: {', '.join(list_models())} "
+            f"unknown model {_short(name)}; choose one of: {', '.join(list_models())} "
             "(or your own: path/to/file.py:factory)"
         )
     return _REGISTRY[name]
@@ -330,9 +330,15 @@ def _check_elements(name: str, shapes: dict[str, tuple[int, ...]]) -> None:
         )
 
 
+def _short(value) -> str:
+    """``repr(value)``, cut to one short phrase (a value may come from a file)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_size(arg: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise GradleakError(f"{arg} must be a positive integer, got {value!r}")
+        raise GradleakError(f"{arg} must be a positive integer, got {_short(value)}")
     if value > SIZE_LIMITS[arg]:
         raise GradleakError(f"{arg} must be at most {SIZE_LIMITS[arg]}, got {value}")
 
@@ -340,7 +346,8 @@ def _check_size(arg: str, value) -> None:
 def _normalization(family: str, name: str, in_channels: int, mean, std) -> tuple[list, list]:
     if family not in _NORMALIZATION and family != "custom":
         raise GradleakError(
-            f"unknown normalization {family!r}; choose one of: {', '.join(sorted(_NORMALIZATION))}"
+            f"unknown normalization {_short(family)}; choose one of: "
+            f"{', '.join(sorted(_NORMALIZATION))}"
         )
     if family == "custom" and (mean is None or std is None):
         raise GradleakError("normalization 'custom' needs both mean and std")

@@ -308,17 +308,73 @@ class Observation:
         unknown = sorted(set(self.knows_local) - set(LOCAL_FACTS))
         if unknown:
             raise GradleakError(f"unknown local-training facts {unknown}; known: {LOCAL_FACTS}")
-        LocalTraining.from_dict(self.local)  # raises on bad values
+        if not all(isinstance(v, bool) for v in self.knows_local.values()):
+            raise GradleakError("knows_local must map each local-training fact to true or false")
+        _check_local_types(self.local)
+        training = LocalTraining.from_dict(self.local)  # raises on bad values
         order = self.local.get("order")
         n = self.images_per_client
         if not isinstance(order, list) or not all(
-            isinstance(step, list) and step and all(isinstance(i, int) and 0 <= i < n for i in step)
+            isinstance(step, list)
+            and step
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in step)
             for step in order
         ):
             raise GradleakError(
                 f"the local-training order must list, per step, indices into the {n} images "
                 "of a client"
             )
+        if len(order) != training.num_steps(n):
+            raise GradleakError(
+                f"the local-training order lists {len(order)} steps, its record "
+                f"{training.num_steps(n)}"
+            )
+
+
+# What each recorded fact of local training must be (None: absent or hidden is fine).
+_LOCAL_TYPES = {
+    "lr": "number", "batch_size": "count", "steps": "count?", "epochs": "count?",
+    "optimizer": "text", "momentum": "fraction", "betas": "pair", "eps": "number",
+    "weight_decay": "number0", "shuffle": "flag", "order_seed": "seed",
+}  # fmt: skip
+
+
+def _check_local_types(local: dict) -> None:
+    """Every fact of a recorded local training has its type and a sane range (a file may hold
+    anything)."""
+
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 10**9
+
+    checks = {
+        "number": lambda v: number(v) and v > 0,
+        "number0": lambda v: number(v) and v >= 0,
+        "count": count,
+        "count?": lambda v: v is None or count(v),
+        "text": lambda v: isinstance(v, str),
+        "fraction": lambda v: number(v) and 0 <= v < 1,
+        "pair": lambda v: (
+            isinstance(v, list | tuple) and len(v) == 2 and all(number(b) and 0 <= b < 1 for b in v)
+        ),
+        "flag": lambda v: isinstance(v, bool),
+        "seed": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63,
+    }
+    for key, kind in _LOCAL_TYPES.items():
+        if key in local and not checks[kind](local[key]):
+            raise GradleakError(
+                f"the local-training record's {key!r} must be {_LOCAL_KINDS[kind]}, "
+                f"got {_short(local[key])}"
+            )
+
+
+_LOCAL_KINDS = {
+    "number": "a positive number", "number0": "a number >= 0", "count": "an integer >= 1",
+    "count?": "an integer >= 1 or null", "text": "a string", "fraction": "a number in [0, 1)",
+    "pair": "two numbers in [0, 1)", "flag": "true or false", "seed": "an integer >= 0",
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- simulation
@@ -714,7 +770,7 @@ def load_observation(
         )
     truth_file = truth_path(path)
     if with_truth and truth_file.exists():
-        observation.truth = _load_truth(truth_file, path, observation)
+        observation.truth = _load_truth(truth_file, path, observation, model)
     return observation
 
 
@@ -817,14 +873,17 @@ def _check_forward_size(observation: Observation, model: ImageClassifier) -> Non
         )
 
 
-def _load_truth(truth_file: Path, path: Path, observation: Observation) -> GroundTruth:
-    """The ground truth beside ``path``, which must hold the observation's batch."""
+def _load_truth(
+    truth_file: Path, path: Path, observation: Observation, model: ImageClassifier
+) -> GroundTruth:
+    """The ground truth beside ``path``, which must hold the observation's batch for
+    ``model``."""
     tensors, header = _read_safetensors(truth_file, TRUTH_FORMAT, "a ground-truth file")
     if "images" not in tensors or "labels" not in tensors:
         raise GradleakError(f"{truth_file}: ground-truth file lacks images or labels")
     images, labels = tensors["images"], tensors["labels"]
     n = observation.batch_size
-    shape = (n, *build_input_shape(observation.model_config))
+    shape = (n, *model.input_shape)
     problem = None
     if tuple(images.shape) != shape or not images.is_floating_point():
         problem = (
@@ -839,7 +898,7 @@ def _load_truth(truth_file: Path, path: Path, observation: Observation) -> Groun
             f"{n} int64 labels"
         )
     else:
-        classes = observation.model_config["num_classes"]
+        classes = model.config["num_classes"]
         if n and (int(labels.min()) < 0 or int(labels.max()) >= classes):
             problem = f"its labels must lie in [0, {classes}), got {_few(labels.tolist())}"
     ids = header.get("ids", [])
@@ -854,11 +913,6 @@ def _load_truth(truth_file: Path, path: Path, observation: Observation) -> Groun
             f"ground truth {truth_file} does not match observation {path}: {problem}"
         )
     return GroundTruth(images, labels, list(ids))
-
-
-def build_input_shape(config: dict) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the images the model of ``config`` takes."""
-    return (config["in_channels"], config["image_size"], config["image_size"])
 
 
 def _read_safetensors(
