@@ -82,7 +82,9 @@ def test_modified_models_round_trip_and_attacks_refuse_honest_ones(tmp_path, bun
     assert loaded.model_config["server"]["name"] == "imprint"
     assert exact(get_attack("imprint")(loaded), bundled.images) > 0
     honest = observe(build_model("lenet"), bundled.images, bundled.labels)
-    with pytest.raises(GradleakError, match="reads a model the malicious server 'imprint' modified"):
+    with pytest.raises(
+        GradleakError, match="reads a model the malicious server 'imprint' modified"
+    ):
         get_attack("imprint")(honest)
     with pytest.raises(GradleakError, match="already carries"):
         modify_model(sent, "trap")
