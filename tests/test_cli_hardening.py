@@ -326,3 +326,26 @@ def test_the_images_of_a_run_say_when_fewer_than_asked(caplog):
 def test_default_output_folders_are_ignored_by_git():
     ignored = (ROOT / ".gitignore").read_text().split()
     assert "/gradleak-demo/" in ignored and "/runs/" in ignored
+
+
+def test_a_process_pool_says_it_is_alive_between_cases(
+    observation_file, tmp_path, monkeypatch, caplog
+):
+    from gradleak.experiments import backends
+    from gradleak.experiments.attacking import attack_experiment
+    from gradleak.experiments.spec import RunOptions
+
+    experiment = attack_experiment(str(observation_file), "gray", {})
+    cases = list(experiment.cases(experiment.settings))
+    monkeypatch.setattr(backends, "HEARTBEAT_SECONDS", 0.05)
+    with caplog.at_level("INFO", logger="gradleak"):
+        outcomes = list(backends.run_cases(cases, tmp_path, RunOptions(workers=2, threads=1)))
+    assert [case.id for case, _, _ in outcomes] == [case.id for case in cases]
+    assert f"0 of {len(cases)} cases finished, 1 running" in caplog.text
+
+
+def test_inverter_training_says_what_it_prepares(tmp_path, monkeypatch, capsys):
+    args = ("train-inverter", "--model", "lenet", "--images", "bundled", "--steps", "1")
+    code, out, err = call_main(monkeypatch, capsys, *args, "--out", tmp_path / "i.safetensors")
+    assert code == 0, err
+    assert "inverter: hashing the gradients of 8 auxiliary images" in out

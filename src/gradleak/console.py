@@ -180,17 +180,21 @@ def keeps(kept: str) -> None:
 
 
 class _NoticeHandler(logging.Handler):
-    """The library's notices (``logging.getLogger("gradleak")``, warning and above): one plain
-    line each on standard error."""
+    """The library's messages (``logging.getLogger("gradleak")``): a long stage starting (info)
+    as a plain line on standard output, a notice (warning) as ``note: ...`` on standard error."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        err_console.print(f"note: {record.getMessage()}", highlight=False, soft_wrap=True)
+        if record.levelno >= logging.WARNING:
+            err_console.print(f"note: {record.getMessage()}", highlight=False, soft_wrap=True)
+        else:
+            console.print(record.getMessage(), highlight=False, soft_wrap=True)
 
 
 def _show_notices() -> None:
     logger = logging.getLogger("gradleak")
     if not any(isinstance(h, _NoticeHandler) for h in logger.handlers):
-        logger.addHandler(_NoticeHandler(logging.WARNING))
+        logger.addHandler(_NoticeHandler(logging.INFO))
+        logger.setLevel(logging.INFO)
         logger.propagate = False
 
 

@@ -8,9 +8,11 @@ unless told otherwise (:mod:`gradleak.threads`), and die with the process that s
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from gradleak.errors import GradleakError
 from gradleak.experiments.spec import Case, RunOptions
 
 BACKENDS = ("local", "ray")
+#: A process pool says it is alive when no case has finished for this long (seconds).
+HEARTBEAT_SECONDS = 60.0
 Outcome = tuple[Case, dict, dict]
 
 
@@ -98,9 +102,20 @@ def _pool(cases: list[Case], root: Path, options: RunOptions) -> Iterator[Outcom
             executor.submit(execute, c, str(root), per_worker, None, options.device): c
             for c in cases
         }
-        for future in concurrent.futures.as_completed(futures):
-            record, files = future.result()
-            yield futures[future], record, files
+        pending, start = set(futures), time.monotonic()
+        while pending:
+            finished, pending = concurrent.futures.wait(
+                pending, timeout=HEARTBEAT_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            if not finished:  # cases of many minutes: say the pool is alive
+                logging.getLogger("gradleak").info(
+                    f"{len(futures) - len(pending)} of {len(futures)} cases finished, "
+                    f"{min(len(pending), options.workers)} running "
+                    f"({time.monotonic() - start:.0f} s)"
+                )
+            for future in finished:
+                record, files = future.result()
+                yield futures[future], record, files
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
         for child in multiprocessing.active_children():

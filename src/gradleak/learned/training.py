@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import os
 import time
@@ -136,6 +137,11 @@ def train_inverter(
         names, sizes, FeatureHasher(hash_dim, seed if hash_seed is None else hash_seed)
     )
     source_type = _PerSampleGradients if per_sample else _BatchGradients
+    logging.getLogger("gradleak").info(
+        f"inverter: hashing the gradients of {len(images)} auxiliary images"
+        if per_sample
+        else "inverter: fitting the gradient encoder on sampled batches"
+    )
     source = source_type(model, encoder, train_set, (low, high), flip, fit=True)
     evaluation = source_type(model, encoder, eval_set, (low, high), flip=False, fit=False)
 
