@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
-from gradleak.data import load_images, shared_data_dir
+from gradleak.data import from_tensor, load_images, shared_data_dir
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +16,16 @@ def shared_dir():
     if path is None:
         pytest.skip("shared data folder not found (set GRADLEAK_SHARED_DATA)")
     return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A flat folder of two real photos (bundled, saved as 32x32 PNGs)."""
+    folder = tmp_path_factory.mktemp("photos")
+    batch = load_images("bundled", size=32, n=2)
+    for name, pixels in zip(("a.png", "b.png"), from_tensor(batch.images), strict=True):
+        Image.fromarray(pixels).save(folder / name)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -55,16 +55,6 @@ def one_error_line(err: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """A flat folder of two real photos (bundled, saved as 32x32 PNGs)."""
-    folder = tmp_path_factory.mktemp("photos")
-    batch = load_images("bundled", size=32, n=2)
-    for name, pixels in zip(("a.png", "b.png"), from_tensor(batch.images), strict=True):
-        Image.fromarray(pixels).save(folder / name)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def observation_file(tmp_path_factory):
     """A valid LeNet observation of one bundled photo."""
     batch = load_images("bundled", size=32, n=1)

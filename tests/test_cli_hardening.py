@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 from clitools import call_main
-from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
 from gradleak.console import _Shown
-from gradleak.data import from_tensor, load_images
+from gradleak.data import load_images
 from gradleak.models import build_model
 from gradleak.threat import observe, save_observation
 
@@ -26,16 +25,6 @@ def error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """A folder of two real photos (bundled with scikit-image, saved as 32x32 PNGs)."""
-    folder = tmp_path_factory.mktemp("photos")
-    batch = load_images("bundled", size=32, n=2)
-    for name, pixels in zip(("a.png", "b.png"), from_tensor(batch.images), strict=True):
-        Image.fromarray(pixels).save(folder / name)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,16 @@ def _writable_place(path: Path, option: str) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise GradleakError(f"{option} {path}: {parent} is a file, not a folder")
+    _try_writing(parent, f"{option} {path}: cannot write in {parent}")
+
+
+def _try_writing(folder: Path, problem: str) -> None:
+    """Create and delete a nameless file in ``folder``; GradleakError ``problem (reason)``."""
     try:
-        with tempfile.TemporaryFile(dir=parent):
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise GradleakError(f"{option} {path}: cannot write in {parent} ({reason})") from None
+        raise GradleakError(f"{problem} ({err.strerror or type(err).__name__})") from None
 
 
 def output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
@@ -38,12 +42,7 @@ def output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise GradleakError(f"{option} {path} is a file, not a folder")
     if path.is_dir():
-        try:
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        except OSError as err:
-            reason = err.strerror or type(err).__name__
-            raise GradleakError(f"{option} {path}: cannot write in it ({reason})") from None
+        _try_writing(path, f"{option} {path}: cannot write in it")
         return path
     _writable_place(path, option)
     return path
