@@ -92,6 +92,9 @@ def make_bases(folder: Path, shared: Path, run: Runner) -> dict[str, Path]:
     gray16 = (pixels[0].astype(np.uint16).mean(-1) * 257).astype(np.uint16)
     Image.fromarray(gray16).save(folder / "image16.png")
     bases.update(png=folder / "image.png", jpg=folder / "image.jpg", png16=folder / "image16.png")
+    from gradleak.models import build_model, save_weights
+
+    bases["model"] = save_weights(build_model("lenet", image_size=16), folder / "model.safetensors")
     return bases
 
 
@@ -472,8 +475,10 @@ def make_case(index: int, seed: int, bases: dict[str, Path], folder: Path) -> Ca
     where = folder / f"case{index:04d}"
     where.mkdir(parents=True, exist_ok=True)
     roll = rng.random()
-    if roll < 0.2:
+    if roll < 0.18:
         return _image_case(rng, index, bases, where)
+    if roll < 0.24:
+        return _weights_case(rng, index, bases, where)
     base = _pick(rng, ["gradient", "update", "update", "bn"])
     observation = where / "o.safetensors"
     source = bases[base]
@@ -504,6 +509,32 @@ def make_case(index: int, seed: int, bases: dict[str, Path], folder: Path) -> Ca
         out = where / "attack"
         args += ["--out", str(out)]
     return Case(index, kind, f"{base}: {what}", args, where, out)
+
+
+def mutate_config(rng: random.Random, blob: bytes) -> tuple[bytes, str]:
+    """Set, delete or retype one entry of a weights file's model config."""
+    header, data = split_safetensors(blob)
+    config = json.loads(header["__metadata__"]["config"])
+    key = _pick(rng, CONFIG_FIELDS)
+    special = SPECIAL_META.get(f"model_config.{key}", [])
+    value = _pick(rng, special + huge_values()) if rng.random() < 0.85 else None
+    if value is None and rng.random() < 0.5:
+        config.pop(key, None)
+        what = f"config: delete {key}"
+    else:
+        config[key] = value
+        what = f"config: {key} = {value!r}"[:120]
+    header["__metadata__"]["config"] = json.dumps(config, allow_nan=True)
+    return join_safetensors(header, data), what
+
+
+def _weights_case(rng: random.Random, index: int, bases: dict[str, Path], where: Path) -> Case:
+    """A model's weights file as a server sends it (``analyze`` inspects it), mutated."""
+    path = where / "m.safetensors"
+    mutate = _pick(rng, [mutate_config, mutate_config, mutate_config, truncate, flip, mutate_entry])
+    blob, what = mutate(rng, bases["model"].read_bytes())
+    path.write_bytes(blob)
+    return Case(index, "weights file", what, ["analyze", str(path)], where)
 
 
 def _special_observation(rng: random.Random, path: Path, bases: dict[str, Path]) -> str:

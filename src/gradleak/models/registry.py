@@ -51,6 +51,12 @@ Builder = Callable[..., nn.Module]
 SIZE_LIMITS = {"num_classes": 100_000, "in_channels": 1024, "image_size": 4096, "width": 65_536}
 #: The most values (parameters and buffers) a built model may hold: 2e9, 8 GB of float32.
 MAX_MODEL_ELEMENTS = 2_000_000_000
+#: What a model's config holds (what :func:`build_model` records): a config read from a file
+#: may name nothing else (no weights path to read, for one).
+CONFIG_KEYS = frozenset(
+    {"name", "num_classes", "in_channels", "image_size", "width", "mean", "std",
+     "normalization", "factory_kwargs", "architecture", "server"}
+)  # fmt: skip
 #: Seeds torch accepts.
 SEED_RANGE = (-(2**63), 2**64)
 

@@ -115,7 +115,7 @@ def read_model(path: str | os.PathLike) -> ImageClassifier:
     from safetensors import safe_open
 
     from gradleak.models import custom
-    from gradleak.models.registry import build_model
+    from gradleak.models.registry import CONFIG_KEYS, build_model, planned_state
 
     path = Path(path)
     if not path.is_file():
@@ -123,7 +123,8 @@ def read_model(path: str | os.PathLike) -> ImageClassifier:
     try:
         with safe_open(str(path), "pt") as handle:
             config = json.loads((handle.metadata() or {}).get("config", "null"))
-    except (SafetensorError, OSError, ValueError) as err:
+            stored = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RecursionError) as err:
         raise GradleakError(f"{path} is not a gradleak weights file ({err})") from None
     if not isinstance(config, dict) or not isinstance(config.get("name"), str):
         raise GradleakError(f"{path} records no model config: not a gradleak weights file")
@@ -132,8 +133,24 @@ def read_model(path: str | os.PathLike) -> ImageClassifier:
             f"{path} holds your own model {config['name']}; build it in Python and use "
             "load_weights (a weights file is data, not code)"
         )
+    unknown = sorted(str(k) for k in config if k not in CONFIG_KEYS)
+    if unknown:
+        raise GradleakError(f"{path}: its model config has unknown entries {_first(unknown)}")
     try:
+        # sized on the meta device and matched to the stored tensors before it is built
+        planned = planned_state(**config)
+        mismatched = [
+            f"{k} (file {stored.get(k)}, model {shape})"
+            for k, shape in planned.items()
+            if stored.get(k, shape) != shape
+        ]
+        if mismatched:
+            raise GradleakError(
+                f"its tensors do not fit model {config['name']}: {_first(mismatched)}"
+            )
         model = build_model(**config)
+    except GradleakError as err:
+        raise GradleakError(f"{path}: {err}") from None
     except TypeError as err:
         raise GradleakError(f"{path}: cannot rebuild the model it records ({err})") from None
     return load_weights(model, path)

@@ -779,12 +779,6 @@ def load_observation(
 #: batch of 64 holds about 2^26). A file asking for more is refused before any attack runs.
 MAX_FORWARD_ELEMENTS = 2**33
 _PREFIXES = ("weight/", "grad/", "bn/")
-# What build_model records in a model's config: a file may give nothing else (e.g. no
-# weights path to read).
-_CONFIG_KEYS = frozenset(
-    {"name", "num_classes", "in_channels", "image_size", "width", "mean", "std",
-     "normalization", "factory_kwargs", "architecture", "server"}
-)  # fmt: skip
 _MISSING = object()
 
 
@@ -834,7 +828,9 @@ def _short(value) -> str:
 
 def _model_config(header: dict) -> dict:
     config = _header_value(header, "model_config", dict)
-    unknown = sorted(str(k) for k in config if k not in _CONFIG_KEYS)
+    from gradleak.models.registry import CONFIG_KEYS
+
+    unknown = sorted(str(k) for k in config if k not in CONFIG_KEYS)
     if unknown:
         raise GradleakError(f"model_config has unknown entries {_few(unknown)}")
     if not isinstance(config.get("name"), str):
