@@ -938,6 +938,13 @@ def _read_safetensors(
     return tensors, header
 
 
+def check_observation_file(path: str | Path) -> None:
+    """Raise GradleakError unless ``path`` is a regular file (missing, a folder, a FIFO, a
+    socket or a device: each named), without opening it: for callers that read an
+    observation file themselves (a FIFO would make them wait forever)."""
+    _check_regular_file(Path(path), "an observation file")
+
+
 def _check_regular_file(path: Path, what: str) -> None:
     """``path`` must be a regular file: a folder, FIFO, socket or device is refused before it
     is opened (reading a FIFO would wait for a writer forever)."""
