@@ -677,12 +677,13 @@ def run_case(case: Case, run: Runner, timeout: float) -> dict:
     previous = signal.signal(signal.SIGALRM, alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     start = time.perf_counter()
-    code, out, err, escaped = None, "", "", None
+    code, out, err, escaped, released = None, "", "", None, []
     try:
         with fifo_release(case.folder, timeout) as released:
             code, out, err = run(case.args)
     except CaseTimeout:
-        return _record(case, "hang", f"still running after {timeout:.0f} s", start)
+        blocked = f"blocked reading the FIFO {released[0].name}" if released else ""
+        return _record(case, "hang", blocked or f"still running after {timeout:.0f} s", start)
     except Exception:  # noqa: BLE001 - the fuzzer records what escaped the CLI
         escaped = traceback.format_exc()[-3000:]
     finally:
@@ -797,7 +798,9 @@ def write_report(out: Path, report: dict) -> None:
     if bad:
         lines += ["## Failures", ""]
         lines += [
-            f"- case {r['index']} ({r['kind']}: {r['mutation']}): {r['outcome']}" for r in bad
+            f"- case {r['index']} ({r['kind']}: {r['mutation']}; {r['command']}): {r['outcome']}"
+            f" ({r['detail'].strip().splitlines()[-1][:200] if r['detail'].strip() else ''})"
+            for r in bad
         ]
         lines.append("")
     (out / "fuzz.md").write_text("\n".join(lines))
@@ -829,6 +832,9 @@ def main() -> None:
         for index in range(args.cases):
             case = make_case(index, args.seed, bases, Path(tmp) / "cases")
             record = run_forked(case, args.timeout)
+            record["detail"] = record["detail"].replace(tmp, "<tmp>")
+            if record["outcome"] in ("exit 0", "exit 2"):
+                record["detail"] = record["detail"][:300]
             records.append(record)
             if record["outcome"] not in ("exit 0", "exit 2") or (index + 1) % 25 == 0:
                 tally = Counter(r["outcome"] for r in records)
@@ -840,7 +846,8 @@ def main() -> None:
             shutil.rmtree(Path(tmp) / "cases" / f"case{index:04d}", ignore_errors=True)
     report = {
         "benchmark": "fuzz",
-        "command": "python benchmarks/fuzz.py " + " ".join(sys.argv[1:]),
+        "command": f"python benchmarks/fuzz.py --cases {args.cases} --seed {args.seed} "
+        f"--timeout {args.timeout:g}",
         "seed": args.seed,
         "timeout": args.timeout,
         "threads": torch.get_num_threads(),

@@ -436,6 +436,6 @@ def test_a_folder_or_fifo_given_as_the_observation(monkeypatch, capsys, tmp_path
 def test_analyze_of_a_fifo_does_not_hang(monkeypatch, capsys, tmp_path):
     os.mkfifo(tmp_path / "pipe.safetensors")
     code, _, err = run(
-        monkeypatch, capsys, "analyze", tmp_path / "pipe.safetensors", seconds=5, folder=tmp_path
+        monkeypatch, capsys, "analyze", tmp_path / "pipe.safetensors", seconds=3, folder=tmp_path
     )
     assert "pipe.safetensors is a FIFO, not an observation file" in one_error(code, err)
