@@ -98,7 +98,7 @@ def test_the_fished_gradient_is_the_target_image_alone(resnet, batch):
 def test_the_attack_refuses_an_honest_server(bundled):
     observation = observe(build_model("lenet"), bundled.images[:2], bundled.labels[:2])
     assert FishingAttack().check(observation)
-    with pytest.raises(GradleakError, match="a 'fishing' server") as err:
+    with pytest.raises(GradleakError, match="the malicious server 'fishing' modified") as err:
         get_attack("fishing")(observation, iterations=1)
     assert "\n" not in str(err.value)
 

@@ -153,7 +153,7 @@ def test_the_strategy_records_every_reply_and_never_breaks_the_round(
     again = AuditStrategy(
         FedAvg(min_train_nodes=1, min_available_nodes=1, fraction_evaluate=0.0),
         model=model, out=tmp_path / "second", local={"lr": 0.01, "batch_size": 1, "steps": 1},
-        attacks=("idlg",), attack_settings={"idlg": {"iterations": 0}},
+        attacks=("idlg",), attack_settings={"idlg": {"distance": "no-such-distance"}},
     )  # fmt: skip
     (message,) = again.configure_train(1, sent, ConfigRecord(), _Grid([5]))
     by_node = {5: message}
@@ -162,7 +162,7 @@ def test_the_strategy_records_every_reply_and_never_breaks_the_round(
     manifest = json.loads((tmp_path / "second" / "captures.json").read_text())
     (entry,) = manifest["captures"]
     assert entry["attacks"]["idlg"]["status"] == "failed"
-    assert "idlg" in entry["attacks"]["idlg"]["error"]
+    assert "unknown gradient distance 'no-such-distance'" in entry["attacks"]["idlg"]["error"]
 
 
 def test_the_strategy_refuses_what_would_go_wrong_before_the_first_round(tmp_path):
@@ -178,6 +178,14 @@ def test_the_strategy_refuses_what_would_go_wrong_before_the_first_round(tmp_pat
         AuditStrategy(FedAvg(), model="lenet", out=folder, local=local, hidden=("seed",))
     with pytest.raises(GradleakError, match="unknown attack method 'dgl'"):
         AuditStrategy(FedAvg(), model="lenet", out=folder, local=local, attacks=("dgl",))
+    with pytest.raises(GradleakError, match="setting iterations must be positive, got 0"):
+        AuditStrategy(
+            FedAvg(),
+            model="lenet",
+            out=folder,
+            local=local,
+            attack_settings={"idlg": {"iterations": 0}},
+        )
     with pytest.raises(GradleakError, match="Message-API strategy"):
         AuditStrategy(object(), model="lenet", out=folder, local=local)
     folder.mkdir()
