@@ -762,6 +762,8 @@ def _is_weights_file(path: Path) -> bool:
     """Whether ``path`` is a model's weights file (not an observation)."""
     from safetensors import SafetensorError, safe_open
 
+    if not path.is_file():  # a FIFO would block here; load_observation names the problem
+        return False
     try:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
