@@ -79,8 +79,8 @@ def read_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
     path = Path(path)
     check_image_file(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             with Image.open(path) as im:
                 _note_large(path, im.size)
                 im = ImageOps.exif_transpose(im)
@@ -88,6 +88,7 @@ def read_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
                     pixels = high_depth_to_uint8(np.asarray(im), im.mode, path)
                 else:
                     pixels = np.asarray(im.convert("RGB"))
+        _note_warnings(path, caught)
     except Image.DecompressionBombError as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         count = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
@@ -101,10 +102,7 @@ def read_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
         ValueError,
         SyntaxError,
         EOFError,
-        struct.error,
-        IndexError,
-        TypeError,
-        MemoryError,
+        struct.error,  # a truncated header some of Pillow's plugins unpack
     ) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise GradleakError(
@@ -135,6 +133,20 @@ def high_depth_to_uint8(values: np.ndarray, mode: str, path: Path | str = "image
     elif not (mode == "F" and low >= 0 and high <= 1):
         x = (x - low) / (high - low) if high > low else np.zeros_like(x)
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def _note_warnings(path: Path, caught: list) -> None:
+    """Pillow's warnings while decoding (corrupt metadata it skipped, ...) as one plain note
+    naming the file, instead of Python warning text; its large-image warning is
+    :func:`_note_large`'s."""
+    messages = [
+        " ".join(str(w.message).split())
+        for w in caught
+        if not issubclass(w.category, Image.DecompressionBombWarning)
+    ]
+    if messages:
+        more = f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""
+        logging.getLogger("gradleak").warning(f"image {path}: {messages[0]}{more}")
 
 
 def _note_large(path: Path, size: tuple[int, int]) -> None:
