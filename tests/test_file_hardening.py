@@ -427,12 +427,6 @@ def test_a_folder_or_fifo_given_as_the_observation(monkeypatch, capsys, tmp_path
         load_observation(tmp_path / "pipe.safetensors")
 
 
-@pytest.mark.xfail(
-    reason="cli.py's _is_weights_file opens the path (safe_open) before load_observation "
-    "checks it: it must return False unless path.is_file()",
-    raises=_TooSlow,
-    strict=False,
-)
 def test_analyze_of_a_fifo_does_not_hang(monkeypatch, capsys, tmp_path):
     os.mkfifo(tmp_path / "pipe.safetensors")
     code, _, err = run(
