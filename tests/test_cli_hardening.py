@@ -338,3 +338,29 @@ def test_inverter_training_says_what_it_prepares(tmp_path, monkeypatch, capsys):
     code, out, err = call_main(monkeypatch, capsys, *args, "--out", tmp_path / "i.safetensors")
     assert code == 0, err
     assert "inverter: hashing the gradients of 8 auxiliary images" in out
+
+
+def test_attack_names_a_folder_or_fifo_given_as_the_observation(tmp_path, monkeypatch, capsys):
+    import os
+
+    (tmp_path / "dir.safetensors").mkdir()
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    for name, problem in (("dir", "is a folder"), ("pipe", "is a FIFO")):
+        args = ("attack", tmp_path / f"{name}.safetensors", "--method", "idlg")
+        code, _, err = call_main(monkeypatch, capsys, *args, "--out", tmp_path / name)
+        assert code == 2 and problem in error_line(err)
+
+
+def test_rank_analysis_of_large_inputs_counts_instead_of_building_the_operator(monkeypatch):
+    """The convolution's gradient operator has (H W)^2 entries: above the cap, generic ranks."""
+    from gradleak.analysis import rank
+    from gradleak.analysis.rank import layer_rank_analysis
+
+    batch = load_images("bundled", size=32, n=1)
+    made = observe(build_model("lenet", seed=0), batch.images, batch.labels)
+    exact = {row["name"]: row for row in layer_rank_analysis(made, batch_size=1)}
+    monkeypatch.setattr(rank, "MAX_EXACT_PIXELS", 16)
+    counted = {row["name"]: row for row in layer_rank_analysis(made, batch_size=1)}
+    convolutions = [name for name, row in exact.items() if row["kind"] == "conv"]
+    assert convolutions and all(counted[n]["method"] == "bound" for n in convolutions)
+    assert all(counted[n]["rank"] >= exact[n]["rank"] for n in convolutions)  # an upper bound

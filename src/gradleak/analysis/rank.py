@@ -14,7 +14,9 @@ rank the system has for almost every input. It is split exactly as
 ``G``: the gradient block of a convolution is one small matrix ``D`` (``C_out k^2 x B H W``) per
 input channel, and of a fully-connected layer ``Delta (x) I`` (closed form). Only ``F N`` needs a
 large eigenvalue problem; above ``max_exact`` columns the rank is replaced by the upper bound
-``min(unknowns, rank G + min(rows, cols of F N))`` and ``method`` says ``"bound"``.
+``min(unknowns, rank G + min(rows, cols of F N))`` and ``method`` says ``"bound"``. Convolutions
+on more than :data:`MAX_EXACT_PIXELS` pixels (whose ``D`` alone would take gigabytes) count the
+generic ranks instead, also marked ``"bound"``.
 
 As in R-GAP, each sample's ``delta`` counts as known (the recursion supplies it for a batch of
 one). For ``B > 1`` the deltas are unknown too, so the rank is an upper bound on what the
@@ -37,6 +39,8 @@ from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
 RTOL = 1e-5
+MAX_EXACT_PIXELS = 4096
+"""Largest input (H x W) of a convolution whose gradient operator is built (64 x 64)."""
 """Numerical rank: singular values above ``RTOL`` times the largest count."""
 
 
@@ -125,6 +129,15 @@ def _analyse(
         if weights_known:
             rank += (batch - delta_rank) * _rank(weight)
         method = "kronecker"
+    elif math.prod(stage.in_shape[1:]) > MAX_EXACT_PIXELS:
+        # The operator has (H W)^2 entries per image: count with the generic ranks instead.
+        pixels = math.prod(stage.in_shape[1:])
+        d_rank = min(batch * pixels, stage.layer.out_channels * math.prod(stage.layer.kernel_size))
+        channels = stage.in_shape[0]
+        rank = channels * d_rank
+        if weights_known:
+            rank += min(weight_equations, channels * (batch * pixels - d_rank))
+        method = "bound"
     else:
         d_t = torch.cat([conv_gradient_operator(stage.layer, stage.in_shape, d) for d in delta])
         # d_t: (B H W, C_out k^2); the gradient block is C_in copies of D = d_t^T.

@@ -133,9 +133,10 @@ class ObservationFile:
     def of(cls, path, own_model: str | None = None) -> ObservationFile:
         from pathlib import Path
 
+        from gradleak.threat.observation import check_observation_file
+
         file = Path(path)
-        if not file.is_file():
-            raise GradleakError(f"no such file: {file}")
+        check_observation_file(file)  # missing, a folder, a FIFO: named, never opened
         return cls(str(file), hashlib.sha256(file.read_bytes()).hexdigest(), own_model)
 
 
