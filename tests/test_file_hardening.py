@@ -66,6 +66,13 @@ def run(monkeypatch, capsys, *args, seconds: float = 30, folder=None) -> tuple[i
         return call_main(monkeypatch, capsys, *args)
 
 
+def observe_images(monkeypatch, capsys, tmp_path, images, *extra) -> tuple[int, str, str]:
+    """``gradleak observe --model lenet --images IMAGES [EXTRA] --out tmp_path/o.safetensors``."""
+    args = ("observe", "--model", "lenet", "--images", images, *extra)
+    out = tmp_path / "o.safetensors"
+    return run(monkeypatch, capsys, *args, "--out", out, seconds=20, folder=tmp_path)
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, cifar10) -> Path:
     """A valid LeNet observation of 2 real CIFAR-10 images, with its truth file."""
@@ -126,19 +133,7 @@ def test_images_of_more_than_8_bits_keep_their_range(monkeypatch, capsys, tmp_pa
     folder.mkdir()
     _save_high_depth(folder / "a.png", mode, np.random.default_rng(0))
     out = tmp_path / "o.safetensors"
-    code, _, err = run(
-        monkeypatch,
-        capsys,
-        "observe",
-        "--model",
-        "lenet",
-        "--images",
-        folder,
-        "--channels",
-        "1",
-        "--out",
-        out,
-    )
+    code, _, err = observe_images(monkeypatch, capsys, tmp_path, folder, "--channels", "1")
     assert code == 0, err
     mean = float(truth_images(out).mean())
     assert abs(mean - 0.5) < 0.03, mean  # uniform values: mean 0.5 (clipped: 0.997)
@@ -174,19 +169,7 @@ def test_a_bad_image_in_a_folder_is_one_error_line(
     folder = tmp_path / "images"
     _good(folder, cifar10)
     make(folder, cifar10)
-    code, _, err = run(
-        monkeypatch,
-        capsys,
-        "observe",
-        "--model",
-        "lenet",
-        "--images",
-        folder,
-        "--out",
-        tmp_path / "o.safetensors",
-        seconds=20,
-        folder=tmp_path,
-    )
+    code, _, err = observe_images(monkeypatch, capsys, tmp_path, folder)
     assert message in one_error(code, err)
 
 
@@ -199,34 +182,12 @@ def test_special_files_given_as_images(monkeypatch, capsys, tmp_path, cifar10):
         ("x.jpg", "no images found in folder"),
         ("empty.png", "empty.png is empty (0 bytes)"),
     ):
-        code, _, err = run(
-            monkeypatch,
-            capsys,
-            "observe",
-            "--model",
-            "lenet",
-            "--images",
-            tmp_path / given,
-            "--out",
-            tmp_path / "o.safetensors",
-            seconds=20,
-            folder=tmp_path,
-        )
+        code, _, err = observe_images(monkeypatch, capsys, tmp_path, tmp_path / given)
         assert message in one_error(code, err)
     # a folder named like an image, beside a good image, is no image: the good one is read
     _good(tmp_path / "flat", cifar10)
     (tmp_path / "flat" / "b.jpg").mkdir()
-    code, _, err = run(
-        monkeypatch,
-        capsys,
-        "observe",
-        "--model",
-        "lenet",
-        "--images",
-        tmp_path / "flat",
-        "--out",
-        tmp_path / "o.safetensors",
-    )
+    code, _, err = observe_images(monkeypatch, capsys, tmp_path, tmp_path / "flat")
     assert code == 0, err
 
 
@@ -236,32 +197,14 @@ def test_large_images_get_one_note_and_bombs_one_error(monkeypatch, capsys, tmp_
     Image.new("L", (50, 50), 128).save(tmp_path / "bomb.png")  # 2500 pixels: refused
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code, _, err = run(
-            monkeypatch,
-            capsys,
-            "observe",
-            "--model",
-            "lenet",
-            "--images",
-            tmp_path / "large.png",
-            "--out",
-            tmp_path / "o.safetensors",
-        )
+        code, _, err = observe_images(monkeypatch, capsys, tmp_path, tmp_path / "large.png")
     assert code == 0, err
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     notes = [line for line in err.splitlines() if "large.png" in line]
     assert len(notes) == 1 and "40x40 pixels" in notes[0] and "Warning" not in err
-    code, _, err = run(
-        monkeypatch,
-        capsys,
-        "observe",
-        "--model",
-        "lenet",
-        "--images",
-        tmp_path / "bomb.png",
-        "--out",
-        tmp_path / "o2.safetensors",
-    )
+    for written in tmp_path.glob("o.*safetensors"):
+        written.unlink()
+    code, _, err = observe_images(monkeypatch, capsys, tmp_path, tmp_path / "bomb.png")
     line = one_error(code, err)
     assert "bomb.png" in line and "2,500 pixels" in line and "2,000" in line
 
