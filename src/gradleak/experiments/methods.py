@@ -16,7 +16,6 @@ own gets further.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 import time
@@ -32,7 +31,7 @@ from gradleak.attacks.objectives import matching_distance
 from gradleak.errors import GradleakError
 from gradleak.experiments import build
 from gradleak.experiments.spec import AttackSpec, BatchSizeSpec, Case, LabelsSpec
-from gradleak.experiments.store import PARTIAL, case_folder
+from gradleak.experiments.store import PARTIAL, case_folder, case_record
 from gradleak.metrics import label_accuracy, score_batch
 from gradleak.metrics.image import psnr
 from gradleak.records import write_json
@@ -116,11 +115,10 @@ class KeepBest:
 
     def __init__(self, folder: Path, case: Case, observation: Observation):
         self.folder, self.case, self.truth = folder, case, observation.truth
+        previous = case_record(folder / PARTIAL[0], case) or {}
         try:
-            previous = json.loads((folder / PARTIAL[0]).read_text())
-            ok = isinstance(previous, dict) and previous.get("key") == case.key()
-            self.floor = int(previous.get("step", 0)) if ok else 0
-        except (OSError, ValueError, TypeError):
+            self.floor = int(previous.get("step", 0))
+        except (ValueError, TypeError):
             self.floor = 0
 
     def __call__(self, best: BestSoFar) -> None:

@@ -92,11 +92,7 @@ def _run(experiment, settings, cases: list[Case], folder: RunFolder, options, pr
     for case in pending:
         kept = folder.partial(case)
         if kept is not None:
-            progress.note(
-                f"{case.id}: an interrupted run kept its best iterate (step {kept.get('step')} "
-                f"of {kept.get('iterations')}, {_partial_path(out, case)}); the case runs again "
-                "from its start"
-            )
+            progress.note(_kept_note(out, case, kept, "an interrupted run kept its best iterate"))
     axes = list(dict.fromkeys(key for case in cases for key in case.record))
 
     def results() -> dict:
@@ -124,11 +120,7 @@ def _run(experiment, settings, cases: list[Case], folder: RunFolder, options, pr
         for case in pending:
             kept = folder.partial(case) if case.id not in folder.records else None
             if kept is not None and kept.get("written", 0) >= began:
-                progress.note(
-                    f"{case.id}: kept its best iterate so far (step {kept.get('step')} of "
-                    f"{kept.get('iterations')}) in {_partial_path(out, case)}; the same "
-                    "command runs it again from its start"
-                )
+                progress.note(_kept_note(out, case, kept, "kept its best iterate so far"))
         raise
     finally:  # also when interrupted: what finished is written
         content = results()
@@ -138,8 +130,13 @@ def _run(experiment, settings, cases: list[Case], folder: RunFolder, options, pr
     return content
 
 
-def _partial_path(out: Path, case: Case) -> Path:
-    return out / "cases" / case_folder(case.id) / PARTIAL[2]
+def _kept_note(out: Path, case: Case, kept: dict, what: str) -> str:
+    """A line on the best iterate ``kept`` of a running ``case`` (its ``partial.json``)."""
+    path = out / "cases" / case_folder(case.id) / PARTIAL[2]
+    return (
+        f"{case.id}: {what} (step {kept.get('step')} of {kept.get('iterations')}) in {path}; "
+        "the same command runs the case again from its start"
+    )
 
 
 def _check_unique(cases: list[Case]) -> None:

@@ -178,26 +178,14 @@ class RunFolder:
     def partial(self, case: Case) -> dict | None:
         """What ``partial.json`` says of the best iterate an interrupted run of ``case`` kept
         (None: nothing kept, or kept for another spec of the case)."""
-        path = self.out / "cases" / case_folder(case.id) / PARTIAL[0]
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        return record if isinstance(record, dict) and record.get("key") == case.key() else None
+        return case_record(self.out / "cases" / case_folder(case.id) / PARTIAL[0], case)
 
     # ------------------------------------------------------------------ cases
     def done(self, case: Case) -> dict | None:
         """The record of ``case`` if a previous run finished it (same case key)."""
-        path = self.out / "cases" / case_folder(case.id) / CASE_FILE
-        if not path.exists():
-            return None
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None  # torn or foreign: run it again
-        if record.get("key") != case.key():
-            return None
-        self.records[case.id] = record
+        record = case_record(self.out / "cases" / case_folder(case.id) / CASE_FILE, case)
+        if record is not None:  # torn or foreign: None, and the case runs again
+            self.records[case.id] = record
         return record
 
     def save(self, case: Case, record: dict, files: dict[str, bytes]) -> dict:
@@ -342,6 +330,16 @@ def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def case_record(path: Path, case: Case) -> dict | None:
+    """The JSON record at ``path`` if it is one of ``case`` with its current spec (same key);
+    None when missing, torn, not a record, or of another spec."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("key") == case.key() else None
 
 
 def _lock_owner(path: Path) -> str:
