@@ -26,6 +26,7 @@ from gradleak.console import (
     stages,
 )
 from gradleak.errors import GradleakError
+from gradleak.limits import SIZE_LIMITS
 from gradleak.paths import output_file, output_folder
 
 app = typer.Typer(
@@ -46,14 +47,14 @@ def _threads_option():
 # Bounds of sizes and counts given on the command line: generous for real use, small enough that
 # a typo fails in one line instead of allocating (or looping) for ever.
 MAX_THREADS = 1024
-MAX_IMAGE_SIZE = 4096
+MAX_IMAGE_SIZE = SIZE_LIMITS["image_size"]
 MAX_IMAGES = 1_000_000
 MAX_STEPS = 10_000_000
 MAX_RESTARTS = 10_000
 MAX_SEED = 2**32 - 1
 MAX_CLIENTS = 100_000
-MAX_CLASSES = 100_000
-MAX_WIDTH = 1_000_000
+MAX_CLASSES = SIZE_LIMITS["num_classes"]
+MAX_WIDTH = SIZE_LIMITS["width"]
 
 
 def _seed_option(default, help_text: str):

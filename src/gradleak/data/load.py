@@ -16,6 +16,7 @@ from gradleak.data.npz import imageset_from_arrays, load_npz, read_npz_arrays
 from gradleak.data.shared import shared_file
 from gradleak.data.transforms import from_tensor, prepare_images, to_tensor
 from gradleak.errors import GradleakError
+from gradleak.limits import SIZE_LIMITS
 
 FLOWERS17_NPZ = "flowers17/flowers17_64x64.npz"
 
@@ -67,7 +68,7 @@ def conform(images: ImageSet, size: int, channels: int) -> ImageSet:
 
 
 #: The largest image side loaded (the largest ``image_size`` a model is built with).
-MAX_SIZE = 4096
+MAX_SIZE = SIZE_LIMITS["image_size"]
 
 
 def _check_args(size: int, channels: int, n: int | None) -> None:

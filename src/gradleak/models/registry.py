@@ -18,6 +18,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from gradleak.errors import GradleakError
+from gradleak.limits import SIZE_LIMITS  # a config asking for more is refused before building
 from gradleak.models import custom
 from gradleak.models.server_block import wrap_for_server
 from gradleak.models.weights import load_weights
@@ -45,10 +46,6 @@ _NORMALIZATION: dict[str, dict[int, tuple[tuple[float, ...], tuple[float, ...]]]
 
 Builder = Callable[..., nn.Module]
 
-#: The largest sizes a model is built with (generous: far beyond the models of the literature).
-#: A config read from a file or given as options that asks for more is refused before anything
-#: is allocated.
-SIZE_LIMITS = {"num_classes": 100_000, "in_channels": 1024, "image_size": 4096, "width": 65_536}
 #: The most values (parameters and buffers) a built model may hold: 2e9, 8 GB of float32.
 MAX_MODEL_ELEMENTS = 2_000_000_000
 #: What a model's config holds (what :func:`build_model` records): a config read from a file

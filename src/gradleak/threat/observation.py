@@ -699,7 +699,7 @@ def load_observation(
     the network it builds must have the recorded architecture.
 
     A file is data from anyone: every size it states is bounded before anything is allocated
-    (the model's sizes by :data:`gradleak.models.registry.SIZE_LIMITS`, the tensors the model
+    (the model's sizes by :data:`gradleak.limits.SIZE_LIMITS`, the tensors the model
     it names would hold must be those the file stores, one forward pass of its batch at most
     :data:`MAX_FORWARD_ELEMENTS` values), its labels must be classes of its model, and a truth
     file beside it must hold its batch.
