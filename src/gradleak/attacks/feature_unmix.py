@@ -1,0 +1,399 @@
+"""Repeated-label batches on networks with a fully-connected head: unmix the features, then invert.
+
+For a classifier ``logits = W h(x) + b`` trained with a mean cross-entropy over B images, the
+head's gradient is
+
+    G = [dL/dW | dL/db] = (1/B) sum_i delta_i [h_i | 1]^T,      delta_i = softmax(W h_i + b) - y_i,
+
+the self-consistency equation :mod:`gradleak.attacks.unmix_solve` solves for an MLP's first layer,
+here with the identity as "the rest of the network": its solution is every image's own feature
+vector ``h_i`` (unknowns: B x B coefficients in G's row space; rank limit: B < number of classes).
+Images of one class are no harder than distinct ones: the softmax curvature separates them.
+
+Knowing ``h_i`` and the signal ``g_i = W^T delta_i / B`` reaching it, the body's observed gradient
+is the gradient of ``sum_i <h_i(x), g_i>`` with respect to the body's weights, and each image must
+reproduce its own features. Recovery then matches, over the images x,
+
+    || d/dtheta sum_i <z_i(x), s_i> - G_body ||^2 / ||G_body||^2
+        + lambda sum_i ||z_i(x) - z_i||^2 / ||z||^2 + tv TV(x),                               (*)
+
+where ``z_i`` is the deepest per-image tensor known: the features, or, when the layers before the
+head are invertible (sigmoid/tanh/leaky-ReLU after a square or tall linear map, as in LeNet), the
+pre-activation R-GAP (Zhu and Blaschko, ICLR 2021) recovers below them, with its signal ``s_i``.
+Matching there is better conditioned than through the inverted layers. (*) is solved with
+L-BFGS; then the features of the recovered images restart the unmixing (an escape from its local
+minima at larger B) and (*) again, keeping the round whose images best explain the whole gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import jacrev
+
+from gradleak.attacks.base import Attack, AttackContext, Reconstruction, requirement
+from gradleak.attacks.labels import batch_labels
+from gradleak.attacks.objectives import GradientDistance
+from gradleak.attacks.parameterization import Pixels
+from gradleak.attacks.priors import total_variation
+from gradleak.attacks.registry import register_attack
+from gradleak.attacks.requirements import LABELS
+from gradleak.attacks.rgap import _derivative, _inverse
+from gradleak.attacks.unmix_solve import FirstLayerEquation, levenberg_marquardt
+from gradleak.errors import GradleakError
+from gradleak.gradient.batch_size import estimate_batch_size
+from gradleak.gradient.simulation import ClientSimulator
+from gradleak.gradient.structure import INVERTIBLE, feedforward_layers, output_layer
+from gradleak.models import ImageClassifier
+
+MAX_FRAMES = 60
+#: Largest layer input (values per image) inverted as a dense matrix below the head.
+MAX_INVERTED_INPUT = 4096
+#: Relative residual of the unmixing below which a start counts as solved (float32 noise).
+SOLVED = 1e-6
+
+
+@dataclass(frozen=True)
+class FeatureUnmixSettings:
+    """Settings of :class:`FeatureUnmix` (every field is overridable by keyword).
+
+    Attributes:
+        starts: random starts of the feature unmixing (Levenberg-Marquardt), stopped early once
+            one solves the equation to the float32 noise floor.
+        unmix_iterations: Levenberg-Marquardt steps per start.
+        iterations: L-BFGS steps of the image matching (*) per round.
+        lbfgs_inner: L-BFGS iterations per step.
+        rounds: unmix-then-match rounds (later rounds restart the unmixing from the recovered
+            images' features).
+        features: weight lambda of the per-image feature term of (*).
+        tv: weight of the total-variation prior of (*) (on the normalized input).
+        invert_layers: recover the pre-activations below the head by R-GAP where layers allow.
+    """
+
+    starts: int = 8
+    unmix_iterations: int = 300
+    iterations: int = 100
+    lbfgs_inner: int = 20
+    rounds: int = 2
+    features: float = 1.0
+    tv: float = 1e-4
+    invert_layers: bool = True
+
+
+@requirement("a fully-connected output layer with a bias, and a batch smaller than the classes")
+def FEATURE_HEAD(context: AttackContext) -> str | None:
+    try:
+        _, head = output_layer(context.model)
+    except GradleakError as error:
+        return str(error)
+    if head.bias is None:
+        return "the output layer has no bias: the unmixing's bias coordinate is missing"
+    classes = head.out_features
+    if context.batch_size > classes - 1:
+        return (
+            f"the output layer's gradient has rank <= {classes - 1} (its {classes} rows sum to "
+            f"zero): at most {classes - 1} images' features can be unmixed, the batch has "
+            f"{context.batch_size}"
+        )
+    return None
+
+
+@dataclass
+class Level:
+    """The deepest per-image tensor recovered: ``module``'s input (``"input"``) or output.
+
+    Attributes:
+        targets: per-image values (B, ...); ``signals``: dL/d(that tensor) per image (B, ...).
+        depth: how many layers below the head were inverted to reach it.
+    """
+
+    module: nn.Module
+    kind: str
+    targets: torch.Tensor
+    signals: torch.Tensor
+    depth: int = 0
+
+
+@register_attack
+class FeatureUnmix(Attack):
+    """Recover a batch with repeated labels through its features (see the module docstring).
+
+    Applies to any model whose output layer is fully connected with a bias on a feature vector
+    (LeNet, ConvNet, ResNets, MLPs) and a batch smaller than the number of classes. Labels: the
+    observation's if known, else recovered analytically with their counts; the batch size, when
+    hidden, from the gradients' rank.
+
+    Shape:
+        observation of B images (C, H, W) -> images (B, C, H, W), labels (B,).
+
+    Examples::
+        >>> reconstruction = FeatureUnmix()(observation, seed=0)
+    """
+
+    name = "feature_unmix"
+    defaults = FeatureUnmixSettings()
+    requirements = (LABELS, FEATURE_HEAD)
+    expected = (
+        "every image of the batch, repeated labels included: exact features, images as far as "
+        "the body's gradient and the features determine them"
+    )
+
+    def guess_batch_size(self, observation) -> int | None:
+        return estimate_batch_size(observation)
+
+    def reconstruct(self, context: AttackContext) -> Reconstruction:
+        observation, model, batch_size = context.observation, context.model, context.batch_size
+        settings, callback = context.settings, context.callback
+        labels = batch_labels(observation, model, batch_size)
+        head_name, head = output_layer(model)
+        unmixing = HeadUnmixing(observation.gradients, head_name, head, labels)
+        body = _BodyGradient(model, observation.gradients, head)
+        simulator = ClientSimulator(model)
+        distance = GradientDistance(
+            "cosine", [observation.gradients[n] for n in simulator.names], precise=True
+        )
+        total = settings.rounds * (settings.iterations + 1)
+        start_features = [body.features(_noise(model, batch_size, context.generator))]
+        rounds: list[tuple[float, torch.Tensor]] = []
+        frames: list[torch.Tensor] = []
+        history: list[float] = []
+        images = None
+        residuals: list[float] = []
+        for round_index in range(settings.rounds):
+            if images is not None:
+                start_features = [body.features(images)]
+            elif settings.starts > 1:
+                start_features += [
+                    body.features(_noise(model, batch_size, context.generator))
+                    for _ in range(settings.starts - 1)
+                ]
+            features, residual = unmixing.solve(start_features, settings.unmix_iterations)
+            residuals.append(residual)
+            level = _level(model, head, features, unmixing.signals(features), settings)
+            done = round_index * (settings.iterations + 1)
+
+            def progress(step: int, value: float, done=done) -> None:
+                history.append(value)
+                if callback is not None:
+                    callback(done + step, total, value)
+
+            images, round_frames = body.match(
+                level, images, settings, progress, MAX_FRAMES // settings.rounds
+            )
+            frames += round_frames
+            with torch.no_grad():
+                final = float(distance(simulator.gradients(images[None], labels[None]))[0])
+            rounds.append((final, images))
+        keep = min(range(len(rounds)), key=lambda k: rounds[k][0])
+        context.notes["unmixing_residual"] = residuals
+        context.notes["inverted_layers"] = level.depth
+        return Reconstruction(
+            images=rounds[keep][1],
+            labels=labels.long(),
+            attack=self.name,
+            gradient_distance=rounds[keep][0],
+            restart_distances=[d for d, _ in rounds],
+            history=history,
+            frames=frames[-MAX_FRAMES:],
+            iterations=len(history),
+        )
+
+
+class HeadUnmixing:
+    """The head's self-consistency equation in G's row space, and its solution by restarts."""
+
+    def __init__(self, gradients: dict, head_name: str, head: nn.Linear, labels: torch.Tensor):
+        weight = gradients[f"{head_name}.weight"].double()
+        bias = gradients[f"{head_name}.bias"].double()
+        self.gradient = torch.cat([weight, bias[:, None]], dim=1)
+        _, _, vh = torch.linalg.svd(self.gradient, full_matrices=False)
+        self.basis = vh[: len(labels)].T
+        self.weight = head.weight.detach().double()
+        self.bias = head.bias.detach().double()
+        self.labels = labels
+        self.equation = FirstLayerEquation(
+            nn.Identity(),
+            weight_in=self.weight @ self.basis[:-1],
+            bias=self.bias,
+            target=self.gradient @ self.basis,
+            bias_row=self.basis[-1],
+            labels=labels,
+        )
+
+    def solve(self, starts: list[torch.Tensor], iterations: int) -> tuple[torch.Tensor, float]:
+        """Features (B, d) from the start with the lowest residual, and that relative residual;
+        stops at the first start that reaches :data:`SOLVED`."""
+        best: tuple[float, torch.Tensor] | None = None
+        for features in starts:
+            ones = torch.ones(len(features), 1, dtype=torch.float64)
+            start = torch.cat([features.double(), ones], dim=1) @ self.basis
+            coefficients, history = levenberg_marquardt(self.equation, start, iterations)
+            residual = history[-1] if history else float(self.equation.cost(start)) ** 0.5
+            if best is None or residual < best[0]:
+                best = (residual, coefficients)
+            if residual < SOLVED:
+                break
+        assert best is not None
+        return best[1] @ self.basis[:-1].T, best[0]
+
+    def signals(self, features: torch.Tensor) -> torch.Tensor:
+        """dL/dh_i of the batch's mean loss: ``W^T (softmax(W h_i + b) - y_i) / B``."""
+        logits = features @ self.weight.T + self.bias
+        delta = torch.softmax(logits, 1)
+        delta[torch.arange(len(features)), self.labels] -= 1
+        return delta @ self.weight / len(features)
+
+
+def _noise(model: ImageClassifier, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(batch_size, *model.input_shape, generator=generator)
+
+
+def _level(model, head, features, signals, settings) -> Level:
+    """Walk down from the head through invertible layers (R-GAP's per-layer step, weight
+    constraints only, one image at a time) as far as each layer's input is determined."""
+    level = Level(head, "input", features.float(), signals.float())
+    if not settings.invert_layers:
+        return level
+    try:
+        stages = feedforward_layers(model, what="feature_unmix")
+    except GradleakError:
+        return level
+    output, grad_output = features, signals  # a stage's activation output and dL/d(it)
+    for depth, stage in enumerate(reversed(stages[:-1]), start=1):
+        if not isinstance(stage.activation, INVERTIBLE):
+            break
+        value = output.reshape(len(output), *stage.out_shape)
+        pre = _inverse(stage.activation, value)
+        delta = _derivative(stage.activation, pre, value) * grad_output.reshape(value.shape)
+        level = Level(stage.layer, "output", pre.float(), delta.float(), depth)
+        inputs, outputs = math.prod(stage.in_shape), math.prod(stage.out_shape)
+        if outputs < inputs or inputs > MAX_INVERTED_INPUT or stage is stages[0]:
+            break
+        bias = 0.0
+        if stage.layer.bias is not None:
+            bias = stage.layer.bias.detach().double().view(-1, *[1] * (len(stage.out_shape) - 1))
+        rhs = (pre - bias).reshape(len(pre), -1).T
+        output = torch.linalg.lstsq(_dense(stage), rhs, driver="gelsd").solution.T
+        grad_output = _transposed(stage, stage.layer.weight.detach().double(), delta)
+    return level
+
+
+def _dense(stage) -> torch.Tensor:
+    """The layer's weight as a dense (outputs x inputs) matrix, float64, without bias."""
+    layer = stage.layer
+    weight = layer.weight.detach().double()
+    if isinstance(layer, nn.Linear):
+        return weight
+
+    def apply(flat: torch.Tensor) -> torch.Tensor:
+        x = flat.view(1, *stage.in_shape)
+        return nn.functional.conv2d(x, weight, None, layer.stride, layer.padding).flatten()
+
+    return jacrev(apply)(torch.zeros(math.prod(stage.in_shape), dtype=torch.float64))
+
+
+def _transposed(stage, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``W^T delta`` per image: dL/d(input) of ``stage`` from dL/d(output)."""
+    if isinstance(stage.layer, nn.Linear):
+        return delta.reshape(len(delta), -1) @ weight
+    layer = stage.layer
+    return torch.nn.grad.conv2d_input(
+        (len(delta), *stage.in_shape), weight, delta, stride=layer.stride, padding=layer.padding
+    )
+
+
+class _BodyGradient:
+    """The body's weight gradient of ``sum_i <z_i(x), s_i>`` and the per-image tensor at a
+    :class:`Level`, read with a forward hook."""
+
+    def __init__(self, model: ImageClassifier, gradients: dict, head: nn.Linear):
+        self.model, self.gradients, self.head = model, gradients, head
+        self.named = dict(model.net.named_parameters())
+
+    def _capture(self, module: nn.Module, kind: str, images: torch.Tensor) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+
+        def hook(_module, inputs, output):
+            seen.append(inputs[0] if kind == "input" else output)
+
+        handle = module.register_forward_hook(hook)
+        try:
+            self.model(images)
+        finally:
+            handle.remove()
+        return seen[-1]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._capture(self.head, "input", images).flatten(1).double()
+
+    def match(self, level: Level, start, settings, progress, max_frames: int):
+        """Solve (*) from ``start`` (gray when None); returns the images and frames."""
+        model = self.model
+        shape = (1, len(level.targets), *model.input_shape)
+        init = "gray" if start is None else start
+        pixels = Pixels(shape, init=init, boxed=True, mean=model.mean, std=model.std)
+        probe = self._capture(level.module, level.kind, pixels.images()[0])
+        names = [
+            n
+            for n, p in self.named.items()
+            if p.requires_grad
+            and torch.autograd.grad(probe.sum(), p, retain_graph=True, allow_unused=True)[0]
+            is not None
+        ]
+        if not names:
+            raise GradleakError("feature_unmix: no weights below the recovered level")
+        params = [self.named[n] for n in names]
+        target = torch.cat([self.gradients[n].flatten().float() for n in names])
+        target_norm = target.pow(2).sum()
+        wanted = level.targets.reshape(probe.shape)
+        wanted_norm = wanted.pow(2).sum()
+        signals = level.signals.reshape(probe.shape)
+        variables = pixels.parameters()
+
+        def objective() -> torch.Tensor:
+            normalized = pixels.data[0]
+            value = self._capture(level.module, level.kind, pixels.images()[0])
+            inner = (value * signals).sum()
+            grads = torch.autograd.grad(inner, params, create_graph=True)
+            flat = torch.cat([g.flatten() for g in grads])
+            loss = (flat - target).pow(2).sum() / target_norm
+            loss = loss + settings.features * (value - wanted).pow(2).sum() / wanted_norm
+            return loss + settings.tv * total_variation(normalized[None])[0]
+
+        optimizer = torch.optim.LBFGS(
+            variables,
+            lr=1.0,
+            max_iter=settings.lbfgs_inner,
+            history_size=100,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-12,
+            tolerance_change=1e-16,
+        )
+
+        def closure():
+            optimizer.zero_grad()
+            loss = objective()
+            if torch.isfinite(loss):
+                loss.backward(inputs=variables)
+            return loss
+
+        every = max(1, settings.iterations // max(1, max_frames))
+        frames: list[torch.Tensor] = []
+        for step in range(settings.iterations + 1):
+            if step:
+                value = float(optimizer.step(closure).detach())
+            else:
+                value = float(objective().detach())
+            if not math.isfinite(value):
+                break
+            progress(step, value)
+            if step % every == 0:
+                frames.append(pixels.images()[0].detach().clamp(0, 1))
+        pixels.project_()
+        images = pixels.images()[0].detach()
+        frames.append(images)
+        return images, frames
