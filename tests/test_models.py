@@ -29,6 +29,7 @@ ALL = [
     "fc_relu",
     "lenet",
     "mlp4",
+    "mlp4_relu",
     "resnet18",
     "resnet20",
     "resnet32",
@@ -38,7 +39,7 @@ ALL = [
 ]
 PRETRAINED = ["resnet20", "resnet32", "resnet44", "resnet56"]
 # Small widths keep the double-backward test fast; the architecture is unchanged.
-SMALL = {"convnet": 8, "resnet18": 8, "mlp4": 32}
+SMALL = {"convnet": 8, "resnet18": 8, "mlp4": 32, "mlp4_relu": 32}
 
 
 def _shared_data() -> Path:
@@ -132,7 +133,9 @@ def test_forward_shape_and_config(name, shape):
     assert model.mean.shape == model.std.shape == (1, channels, 1, 1)
     assert "mean" not in model.state_dict()
     assert model(torch.rand(2, channels, size, size)).shape == (2, 7)
-    assert model.has_batchnorm() == (name not in ("mlp4", "lenet", "fc_relu", "rgap_cnn"))
+    assert model.has_batchnorm() == (
+        name not in ("mlp4", "mlp4_relu", "lenet", "fc_relu", "rgap_cnn")
+    )
 
 
 def test_layer_names():

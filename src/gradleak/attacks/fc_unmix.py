@@ -8,16 +8,22 @@ the top-B right singular subspace V of G and the attack only has to find the B x
 batch size is the numerical rank of G. Repeated labels do not matter: nothing is read from the
 output layer per class.
 
-Two unmixings:
+Three unmixings (``method="auto"``, the default, takes ``sparse`` when a ReLU follows the first
+layer and ``exact`` otherwise):
 
-- ``method="exact"`` (default): solve the self-consistency equation
+- ``method="sparse"``: behind ReLU, each sample's gradient at the first layer's output is exactly
+  zero on the units where the sample is off, so the columns of Delta are the sparse directions of
+  G's left singular subspace (SPEAR, Dimitrov et al. 2024, https://arxiv.org/abs/2403.03945; see
+  :mod:`gradleak.attacks.unmix_sparse`); once all B are found, the inputs follow in closed form,
+  exact up to the float32 noise of the observation.
+- ``method="exact"``: solve the self-consistency equation
   ``(1/B) sum_i delta(x_i) [x_i | 1]^T = G`` restricted to V (see
   :mod:`gradleak.attacks.unmix_solve`), where ``delta(x)`` is the per-sample gradient at the
   first layer's output, computed by the attacker's copy of the network (white box) — the deeper
   layers' constraint in closed form, plus the bias coordinate ``[x_i | 1]``. Solved by
   Levenberg-Marquardt in float64 from a random start; recovery is exact up to the float32
   noise of the observation for smooth activations (sigmoid, tanh). With ReLU, ``delta`` is
-  piecewise constant in x and the solver stalls (about 16 dB at B = 16): use ``cpa`` there.
+  piecewise constant in x and the solver stalls (about 16 dB at B = 16): ``sparse`` is for that.
 - ``method="cpa"``: CPA's ICA (negentropy + total variation + decorrelation, see
   :mod:`gradleak.attacks.unmix_cpa`), scale and sign fixed by the bias coordinate.
 
@@ -42,6 +48,7 @@ from gradleak.attacks.registry import register_attack
 from gradleak.attacks.requirements import IMAGE_LAYER, LABELS
 from gradleak.attacks.unmix_cpa import cpa_unmix
 from gradleak.attacks.unmix_solve import FirstLayerEquation, levenberg_marquardt
+from gradleak.attacks.unmix_sparse import sparse_unmix
 from gradleak.errors import GradleakError
 from gradleak.gradient.batch_size import estimate_batch_size
 from gradleak.gradient.simulation import ClientSimulator
@@ -49,7 +56,7 @@ from gradleak.gradient.structure import batchnorm_layers, image_layer
 from gradleak.models import ImageClassifier
 from gradleak.threat import Observation
 
-METHODS = ("exact", "cpa")
+METHODS = ("auto", "sparse", "exact", "cpa")
 MAX_FRAMES = 60
 
 
@@ -58,10 +65,18 @@ class FCUnmixSettings:
     """Settings of :class:`FCUnmix` (every field is overridable by keyword).
 
     Attributes:
-        method: ``"exact"`` (self-consistency equation) or ``"cpa"`` (ICA only).
-        iterations: Levenberg-Marquardt steps per restart (``exact``) or Adam steps (``cpa``).
-        restarts: random starts run one after the other; the one whose images best reproduce
-            the whole observed gradient (cosine distance) is kept.
+        method: ``"auto"`` (``sparse`` when a ReLU follows the first layer, else ``exact``),
+            ``"sparse"`` (sparse directions behind ReLU), ``"exact"`` (self-consistency
+            equation) or ``"cpa"`` (ICA only).
+        iterations: Levenberg-Marquardt steps per restart (``exact``) or per descent start
+            (``sparse``, at most), or Adam steps (``cpa``).
+        restarts: random starts run one after the other (``exact``, ``cpa``); the one whose
+            images best reproduce the whole observed gradient (cosine distance) is kept.
+        starts: ``sparse``: descent starts per sample still missing, in each of up to 4 rounds.
+        draws: ``sparse``: most random row subsets of SPEAR's sampling, for samples the
+            descent leaves (or all, when no linear layer follows the ReLU).
+        zero_tolerance: ``sparse``: entries below this fraction of a vector's largest count as
+            zero (the float32 observation leaves about 1e-7).
         damping: initial Levenberg-Marquardt damping.
         bias_weight: weight of the bias-coordinate residual ``[x_i | 1]`` in ``exact``.
         lr: Adam step size of the ICA.
@@ -72,9 +87,12 @@ class FCUnmixSettings:
         refine_lr, refine_tv: Adam step size and TV weight of that polish.
     """
 
-    method: str = "exact"
+    method: str = "auto"
     iterations: int = 200
     restarts: int = 1
+    starts: int = 8
+    draws: int = 100_000
+    zero_tolerance: float = 1e-4
     damping: float = 1e-3
     bias_weight: float = 1.0
     lr: float = 0.01
@@ -126,13 +144,36 @@ def UNMIXABLE(context: AttackContext) -> str | None:
     index = found.index
     if index is None:
         return "fc_unmix needs an nn.Sequential network"
+    if context.settings.method not in METHODS:
+        return f"unknown method {context.settings.method!r}; choose one of {METHODS}"
     problem = _width_problem(found.layer, context.batch_size)
-    if problem is None and context.settings.method == "exact" and _coupled(context.model, index):
+    method = resolve_method(context.settings.method, context.model, index)
+    if problem is None and method == "sparse" and not _behind_relu(context.model, index):
+        problem = (
+            "fc_unmix's sparse method needs a ReLU right after the first linear layer "
+            "(use method='exact' or 'cpa')"
+        )
+    if problem is None and method == "exact" and _coupled(context.model, index):
         problem = (
             "fc_unmix's exact method needs a network that treats samples independently; "
             "train-mode BatchNorm couples them (use method='cpa' or bn_mode='eval')"
         )
     return problem
+
+
+def resolve_method(method: str, model: ImageClassifier, index: int | None) -> str:
+    """``method``, with ``auto`` resolved: ``sparse`` when a ReLU follows the first linear layer
+    (child ``index`` of ``model.net``), else ``exact``."""
+    if method not in METHODS:
+        raise GradleakError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method != "auto":
+        return method
+    return "sparse" if index is not None and _behind_relu(model, index) else "exact"
+
+
+def _behind_relu(model: ImageClassifier, index: int) -> bool:
+    children = list(model.net.children())
+    return index + 1 < len(children) and isinstance(children[index + 1], nn.ReLU)
 
 
 def fc_subspace(observation: Observation, model: ImageClassifier, batch_size: int) -> FCSubspace:
@@ -159,10 +200,12 @@ class FCUnmix(Attack):
     """Recover a whole batch, repeated labels included, by unmixing the first FC layer.
 
     Cocktail Party Attack (Kariyappa et al., ICML 2023, https://arxiv.org/abs/2209.05578) as
-    ``method="cpa"``; by default (``"exact"``) the unmixing solves the first layer's
-    self-consistency equation (see the module docstring) and is exact for networks that start
-    with ``Flatten -> Linear`` (e.g. ``mlp4``), have smooth activations and treat samples
-    independently (no train-mode BatchNorm).
+    ``method="cpa"``. By default, behind ReLU (e.g. ``fc_relu``, ``mlp4_relu``) the unmixing finds
+    the sparse directions of the gradient (``"sparse"``, after SPEAR, Dimitrov et al. 2024,
+    https://arxiv.org/abs/2403.03945), and otherwise it solves the first layer's
+    self-consistency equation (``"exact"``, for smooth activations, e.g. ``mlp4``, and samples
+    treated independently: no train-mode BatchNorm); see the module docstring. Both are exact
+    for networks that start with ``Flatten -> Linear``.
 
     Labels: the observation's if known, else recovered analytically with their counts
     (:func:`gradleak.attacks.labels.batch_labels`). The batch size, when hidden and not passed,
@@ -179,15 +222,25 @@ class FCUnmix(Attack):
     name = "fc_unmix"
     defaults = FCUnmixSettings()
     requirements = (LABELS, IMAGE_LAYER, UNMIXABLE)
-    expected = "every image of the batch, repeated labels included (exact for smooth MLPs)"
+    expected = (
+        "every image of the batch, repeated labels included (exact for MLPs with ReLU or "
+        "smooth activations)"
+    )
 
     def expectation(self, context: AttackContext) -> str:
-        if context.settings.method == "exact" and any(
-            isinstance(m, nn.ReLU) for m in context.model.net.modules()
-        ):
+        index = image_layer(context.model, what="fc_unmix").index
+        method = resolve_method(context.settings.method, context.model, index)
+        if method == "exact" and any(isinstance(m, nn.ReLU) for m in context.model.net.modules()):
             return (
                 "every image, repeated labels included, but the exact solve stalls behind ReLU "
-                "(about 16 dB at batch size 16, measured); method='cpa' is the alternative"
+                "(about 16 dB at batch size 16, measured); method='sparse' is the alternative "
+                "when a ReLU follows the first layer"
+            )
+        if method == "sparse":
+            return (
+                "every image, repeated labels included, exactly once all B sparse directions are "
+                "found (measured: fc_relu and mlp4_relu up to B = 32, one class, labels and batch "
+                "size hidden)"
             )
         return self.expected
 
@@ -197,9 +250,8 @@ class FCUnmix(Attack):
     def reconstruct(self, context: AttackContext) -> Reconstruction:
         observation, model, batch_size = context.observation, context.model, context.batch_size
         settings, generator, callback = context.settings, context.generator, context.callback
-        if settings.method not in METHODS:
-            raise GradleakError(f"unknown method {settings.method!r}; choose one of {METHODS}")
         space = fc_subspace(observation, model, batch_size)
+        method = resolve_method(settings.method, model, space.index)
         labels = batch_labels(observation, model, batch_size)
         shape = model.input_shape
         mean, std = model.mean.double(), model.std.double()
@@ -210,11 +262,17 @@ class FCUnmix(Attack):
 
         total = settings.iterations * settings.restarts
         frame_every = max(1, settings.iterations // MAX_FRAMES)
-        equation = _equation(space, model, labels, settings.bias_weight)
         runs: list[tuple[torch.Tensor, list[float], list[torch.Tensor]]] = []
-        for restart in range(settings.restarts):
+        if method == "sparse":
+            coefficients, found = _sparse(space, observation, model, settings, generator, callback)
+            context.notes["sparse"] = found
+            runs.append((coefficients, [float("nan")], [images_of(coefficients)]))
+        equation = (
+            None if method == "sparse" else _equation(space, model, labels, settings.bias_weight)
+        )
+        for restart in range(settings.restarts if method != "sparse" else 0):
             done = restart * settings.iterations
-            if settings.method == "cpa":
+            if method == "cpa":
                 coefficients = cpa_unmix(
                     space.basis,
                     shape,
@@ -271,8 +329,65 @@ class FCUnmix(Attack):
             restart_distances=[float(d) for d in distances],
             history=[min(h[min(i, len(h) - 1)] for _, h, _ in runs) for i in range(longest)],
             frames=runs[keep][2][-MAX_FRAMES:],
-            iterations=total if settings.method == "cpa" else sum(len(h) for _, h, _ in runs),
+            iterations=total if method == "cpa" else sum(len(h) for _, h, _ in runs),
         )
+
+
+def _sparse(space: FCSubspace, observation, model, settings, generator, callback):
+    """Coefficients (B x B) by :func:`~gradleak.attacks.unmix_sparse.sparse_unmix`, and what it
+    found (for the reconstruction's notes)."""
+    batch = space.basis.shape[1]
+    U, S, _ = torch.linalg.svd(space.gradient, full_matrices=False)
+    weight, bias = space.layer.weight.detach().double(), space.layer.bias.detach().double()
+    preactivations = weight @ space.basis[:-1] + bias[:, None] * space.basis[-1][None]
+    result = sparse_unmix(
+        U[:, :batch],
+        S[:batch],
+        space.basis[-1],
+        preactivations,
+        _relu_outputs(observation, model, space.index, batch),
+        starts=settings.starts,
+        steps=settings.iterations,
+        draws=settings.draws,
+        tolerance=settings.zero_tolerance,
+        spread=_spread(space.basis, model),
+        generator=generator,
+        progress=None
+        if callback is None
+        else lambda done, total: callback(done, total, float("nan")),
+    )
+    found = {
+        key: getattr(result, key)
+        for key in ("descended", "sampled", "completed", "missing", "draws")
+    }
+    if result.missing:
+        found["warning"] = (
+            f"{result.missing} of {batch} samples not found: the images are not exact "
+            "(raise draws or starts)"
+        )
+    return result.coefficients, found
+
+
+def _relu_outputs(observation, model, index: int, batch: int) -> torch.Tensor | None:
+    """An orthonormal basis (n x B) of the ReLU outputs' span, from the weight gradient of the
+    linear layer that reads them (child ``index + 2``), or None without one (or when it is too
+    narrow to hold B independent rows)."""
+    children = list(model.net.named_children())
+    if index + 2 >= len(children) or not isinstance(children[index + 2][1], nn.Linear):
+        return None
+    gradient = observation.gradients.get(f"{children[index + 2][0]}.weight")
+    if gradient is None or min(gradient.shape) < batch:
+        return None
+    _, s, vh = torch.linalg.svd(gradient.double(), full_matrices=False)
+    if s[batch - 1] <= 1e-6 * s[0]:
+        return None
+    return vh[:batch].T
+
+
+def _spread(basis: torch.Tensor, model: ImageClassifier) -> float:
+    """The typical norm of a normalized input (uniform-noise pixels)."""
+    pixel_rms = (((0.5 - model.mean) ** 2 + 1 / 12).sqrt() / model.std).mean()
+    return float(pixel_rms) * (basis.shape[0] - 1) ** 0.5
 
 
 def _equation(
@@ -305,8 +420,7 @@ def _random_start(basis: torch.Tensor, model: ImageClassifier, generator) -> tor
     """B random coefficient rows with bias coordinate 1, spread like uniform-noise images."""
     size = basis.shape[1]
     bias_row = basis[-1]
-    pixel_rms = (((0.5 - model.mean) ** 2 + 1 / 12).sqrt() / model.std).mean()
-    spread = float(pixel_rms) * (basis.shape[0] - 1) ** 0.5 / size**0.5
+    spread = _spread(basis, model) / size**0.5
     start = torch.randn(size, size, generator=generator, dtype=torch.float64) * spread
     start += (1 - start @ bias_row)[:, None] * bias_row[None, :] / bias_row.dot(bias_row)
     return start
