@@ -37,6 +37,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from gradleak.attacks.base import Attack, AttackContext, Reconstruction, requirement
@@ -90,7 +91,7 @@ class FCUnmixSettings:
     method: str = "auto"
     iterations: int = 200
     restarts: int = 1
-    starts: int = 8
+    starts: int = 4
     draws: int = 100_000
     zero_tolerance: float = 1e-4
     damping: float = 1e-3
@@ -264,7 +265,9 @@ class FCUnmix(Attack):
         frame_every = max(1, settings.iterations // MAX_FRAMES)
         runs: list[tuple[torch.Tensor, list[float], list[torch.Tensor]]] = []
         if method == "sparse":
-            coefficients, found = _sparse(space, observation, model, settings, generator, callback)
+            coefficients, labels, found = _sparse(
+                space, observation, model, labels, settings, generator, callback
+            )
             context.notes["sparse"] = found
             runs.append((coefficients, [float("nan")], [images_of(coefficients)]))
         equation = (
@@ -333,9 +336,9 @@ class FCUnmix(Attack):
         )
 
 
-def _sparse(space: FCSubspace, observation, model, settings, generator, callback):
-    """Coefficients (B x B) by :func:`~gradleak.attacks.unmix_sparse.sparse_unmix`, and what it
-    found (for the reconstruction's notes)."""
+def _sparse(space: FCSubspace, observation, model, labels, settings, generator, callback):
+    """Coefficients (B x B) by :func:`~gradleak.attacks.unmix_sparse.sparse_unmix`, ``labels``
+    paired with them (:func:`_pair_labels`) and what it found (for the reconstruction's notes)."""
     batch = space.basis.shape[1]
     U, S, _ = torch.linalg.svd(space.gradient, full_matrices=False)
     weight, bias = space.layer.weight.detach().double(), space.layer.bias.detach().double()
@@ -365,7 +368,42 @@ def _sparse(space: FCSubspace, observation, model, settings, generator, callback
             f"{result.missing} of {batch} samples not found: the images are not exact "
             "(raise draws or starts)"
         )
-    return result.coefficients, found
+    signals = U[:, :batch] @ result.directions  # column i: sample i's delta, up to scale
+    per_sample = observation.labels is None and not result.missing
+    labels = _pair_labels(space, model, result.coefficients, signals, labels, per_sample)
+    found["labels"] = (
+        "per sample: the class whose gradient matches the unmixed one"
+        if per_sample
+        else "the batch's labels, paired with the samples by their unmixed gradients"
+    )
+    return result.coefficients, labels, found
+
+
+def _pair_labels(space, model, coefficients, signals, labels, per_sample: bool) -> torch.Tensor:
+    """A label for each unmixed sample: the class y for which its gradient at the first layer's
+    output, ``delta(x_i, y)`` from the attacker's copy of the network (in eval mode), is most
+    nearly parallel to its unmixed signal (``per_sample``; exact once the images are), or else
+    ``labels`` (the batch's, known or recovered, in any order) assigned by that measure
+    (Hungarian)."""
+    if not per_sample and len(labels.unique()) == 1:
+        return labels
+    rest = nn.Sequential(*list(model.net.children())[space.index + 1 :])
+    rest = copy.deepcopy(rest).double().eval().requires_grad_(False)
+    weight, bias = space.layer.weight.detach().double(), space.layer.bias.detach().double()
+    z = coefficients @ space.basis[:-1].T @ weight.T + bias
+    classes = torch.arange(rest(z[:1]).shape[1]) if per_sample else labels.unique()
+    alignment = []
+    for y in classes:
+        point = z.clone().requires_grad_(True)
+        loss = nn.functional.cross_entropy(rest(point), y.expand(len(z)), reduction="sum")
+        (delta,) = torch.autograd.grad(loss, point)
+        alignment.append(nn.functional.cosine_similarity(delta, signals.T, dim=1).abs())
+    alignment = torch.stack(alignment, 1)  # sample x class
+    if per_sample:
+        return classes[alignment.argmax(1)]
+    cost = -alignment[:, torch.searchsorted(classes, labels)]  # sample x slot
+    _, slots = linear_sum_assignment(cost.numpy())
+    return labels[torch.as_tensor(slots)]
 
 
 def _relu_outputs(observation, model, index: int, batch: int) -> torch.Tensor | None:

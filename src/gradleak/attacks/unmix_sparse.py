@@ -141,7 +141,7 @@ def sparse_unmix(
     preactivations: torch.Tensor,
     relu_outputs: torch.Tensor | None = None,
     *,
-    starts: int = 8,
+    starts: int = 4,
     steps: int = 60,
     draws: int = 100_000,
     tolerance: float = 1e-4,
@@ -181,7 +181,7 @@ def sparse_unmix(
                 break
         return len(found) == batch
 
-    if relu_outputs is not None:
+    if relu_outputs is not None and starts > 0:
         for _ in range(ROUNDS):
             if complete():
                 break
