@@ -75,6 +75,8 @@ class _Directions:
         self.batch = left.shape[1]
         self.min_zeros = max(2 * (self.batch - 1), int(MIN_ZERO_FRACTION * left.shape[0]))
         self.vectors: list[torch.Tensor] = []
+        self.zero_sets: list[torch.Tensor] = []  # of the found directions
+        self.rejected: set[bytes] = set()  # patterns already turned down
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -82,34 +84,64 @@ class _Directions:
     def matrix(self) -> torch.Tensor:
         return torch.stack(self.vectors, 1) if self.vectors else self.left.new_zeros(self.batch, 0)
 
-    def known(self, direction: torch.Tensor) -> bool:
-        """Whether the unit vector ``direction`` is (up to sign) a found one."""
-        return bool(self.vectors) and bool(((direction @ self.matrix()).abs() > 1 - 1e-6).any())
+    def known(self, directions: torch.Tensor, slack: float = 1e-6) -> torch.Tensor:
+        """Whether each unit row of ``directions`` (k x B) is, up to sign, a found one."""
+        if not self.vectors:
+            return torch.zeros(len(directions), dtype=torch.bool)
+        return ((directions @ self.matrix()).abs() > 1 - slack).any(1)
 
     def offer(self, zeros: torch.Tensor) -> bool:
         """Keep the direction that vanishes on the units ``zeros`` (bool, n) if valid and new."""
+        key = zeros.numpy().tobytes()
+        if key in self.rejected:
+            return False
         fitted = self.refit(zeros)
-        if fitted is None or self.known(fitted[0]) or not self.consistent(fitted[1]):
+        if (
+            fitted is None
+            or self.known(fitted[0][None])[0]
+            or self.within_found(fitted[1])
+            or not self.consistent(fitted[1])
+        ):
+            self.rejected.add(key)
             return False
         self.vectors.append(fitted[0])
+        self.zero_sets.append(fitted[1])
         return True
+
+    def within_found(self, zeros: torch.Tensor) -> bool:
+        """Whether ``zeros`` lies, but for two units, in a found direction's zero set: the
+        pattern of a combination of that sample and another (cheaper than :meth:`consistent`)."""
+        return any(int((zeros & ~found).sum()) <= 2 for found in self.zero_sets)
 
     def refit(self, zeros: torch.Tensor, rounds: int = 5):
         """``(q, zeros)``: the unit q whose U q vanishes on ``zeros`` (least squares), the zero
-        units re-read from ``U q`` until they settle (a unit wrongly read as off leaves a large
-        residual and drops out); None unless they settle on enough units with one null vector."""
+        units re-read from ``U q`` (:meth:`zeros_of`) until they settle; None unless they settle
+        on enough units with one null vector."""
         tol = self.tolerance
         for _ in range(rounds):
             if int(zeros.sum()) < self.min_zeros:
                 return None
             _, s, vh = torch.linalg.svd(self.left[zeros], full_matrices=False)
-            values = (self.left @ vh[-1]).abs()
-            new = values <= tol * values.max()
+            new = self.zeros_of(self.left @ vh[-1])
             if torch.equal(new, zeros):  # a plane of null vectors: two samples vanish there
                 unique = s[-1] <= tol * s[0] and s[-2] >= 100 * tol * s[0]
                 return (vh[-1], zeros) if unique else None
             zeros = new
         return None
+
+    def zeros_of(self, values: torch.Tensor) -> torch.Tensor:
+        """The entries of ``values`` (n,) at the noise floor: below ``tolerance`` times the
+        largest and below the widest (log) gap among those, so that a unit that is on but
+        whose ``delta`` happens to be tiny (1e-5 of the largest, beside a 1e-9 floor) does not
+        count as off (a unit wrongly read as off leaves a large residual in the refit)."""
+        values = values.abs()
+        ordered = values.sort().values
+        inside = int((ordered <= self.tolerance * ordered[-1]).sum())
+        if inside == 0:
+            return torch.zeros_like(values, dtype=torch.bool)
+        candidates = ordered[: inside + 1].clamp_min(1e-14 * ordered[-1]).log()  # exact 0s
+        cut = int((candidates[1:] - candidates[:-1]).argmax())
+        return values <= ordered[cut]
 
     def consistent(self, zeros: torch.Tensor) -> bool:
         """Whether some input of the subspace, ``z = M c`` with ``v_b . c = 1``, is negative on
@@ -289,11 +321,13 @@ def _sample(found: _Directions, valid: torch.Tensor, size: int, generator) -> in
     q = q[diagonal.min(1).values > 1e-6 * diagonal.max(1).values, :, -1]  # rank B - 1 only
     values = (q @ left.T).abs()
     zeros = values <= 10 * found.tolerance * values.amax(1, keepdim=True)
-    sparse = zeros.sum(1) >= found.min_zeros
+    new = (zeros.sum(1) >= found.min_zeros) & ~found.known(q, slack=1e-4)
     before = len(found)
-    for direction, pattern in zip(q[sparse], zeros[sparse], strict=True):
-        if len(found) < batch and not found.known(direction):
-            found.offer(pattern)
+    patterns = torch.unique(zeros[new], dim=0)  # many draws land on the same sample
+    for pattern in patterns[patterns.sum(1).argsort(descending=True)]:  # samples before mixtures
+        if len(found) == batch:
+            break
+        found.offer(pattern)
     return len(found) - before
 
 
