@@ -42,6 +42,7 @@ from scipy.optimize import linprog
 CHUNK = 10_000  # random row subsets evaluated at once
 MIN_ZERO_FRACTION = 0.2  # a pattern must hold at least this fraction of the n units
 ROUNDS = 4  # most rounds of descent starts (each stops early once nothing new is found)
+FLOOR_FACTOR = 100.0  # zero units: within this factor of the median zero (the noise floor)
 
 
 @dataclass
@@ -100,7 +101,7 @@ class _Directions:
             fitted is None
             or self.known(fitted[0][None])[0]
             or self.within_found(fitted[1])
-            or not self.consistent(fitted[1])
+            or not self.consistent(*fitted[1:])
         ):
             self.rejected.add(key)
             return False
@@ -113,44 +114,37 @@ class _Directions:
         pattern of a combination of that sample and another (cheaper than :meth:`consistent`)."""
         return any(int((zeros & ~found).sum()) <= 2 for found in self.zero_sets)
 
-    def refit(self, zeros: torch.Tensor, rounds: int = 5):
-        """``(q, zeros)``: the unit q whose U q vanishes on ``zeros`` (least squares), the zero
-        units re-read from ``U q`` (:meth:`zeros_of`) until they settle; None unless they settle
-        on enough units with one null vector."""
+    def refit(self, zeros: torch.Tensor, rounds: int = 8):
+        """``(q, zeros, on)``: the unit q whose U q vanishes on ``zeros`` (least squares), the
+        zero units re-read from ``U q`` until they settle: those below ``tolerance`` times the
+        largest entry and below ``FLOOR_FACTOR`` times the median over the current zeros (the
+        noise floor, about 1e-9 of the largest once the fit is exact), so that a unit wrongly
+        read as off, whose residual stands out of the floor, drops out, even one whose
+        ``delta`` is only 1e-5 of the largest; ``on``: the units above ``tolerance`` (those in
+        between are left undecided). None unless the zeros settle on enough units with one
+        null vector."""
         tol = self.tolerance
         for _ in range(rounds):
             if int(zeros.sum()) < self.min_zeros:
                 return None
             _, s, vh = torch.linalg.svd(self.left[zeros], full_matrices=False)
-            new = self.zeros_of(self.left @ vh[-1])
+            values = (self.left @ vh[-1]).abs()
+            floor = values[zeros].median().clamp_min(1e-13 * values.max())
+            new = values <= torch.minimum(tol * values.max(), FLOOR_FACTOR * floor)
             if torch.equal(new, zeros):  # a plane of null vectors: two samples vanish there
                 unique = s[-1] <= tol * s[0] and s[-2] >= 100 * tol * s[0]
-                return (vh[-1], zeros) if unique else None
+                return (vh[-1], zeros, values > tol * values.max()) if unique else None
             zeros = new
         return None
 
-    def zeros_of(self, values: torch.Tensor) -> torch.Tensor:
-        """The entries of ``values`` (n,) at the noise floor: below ``tolerance`` times the
-        largest and below the widest (log) gap among those, so that a unit that is on but
-        whose ``delta`` happens to be tiny (1e-5 of the largest, beside a 1e-9 floor) does not
-        count as off (a unit wrongly read as off leaves a large residual in the refit)."""
-        values = values.abs()
-        ordered = values.sort().values
-        inside = int((ordered <= self.tolerance * ordered[-1]).sum())
-        if inside == 0:
-            return torch.zeros_like(values, dtype=torch.bool)
-        candidates = ordered[: inside + 1].clamp_min(1e-14 * ordered[-1]).log()  # exact 0s
-        cut = int((candidates[1:] - candidates[:-1]).argmax())
-        return values <= ordered[cut]
-
-    def consistent(self, zeros: torch.Tensor) -> bool:
+    def consistent(self, zeros: torch.Tensor, on: torch.Tensor) -> bool:
         """Whether some input of the subspace, ``z = M c`` with ``v_b . c = 1``, is negative on
-        ``zeros`` and positive elsewhere, but for a few units (where a sample's ``delta`` is
-        below the tolerance though the unit is on). Linear program: min sum(e) subject to
-        ``(M c)_r <= e_r`` on ``zeros``, ``-(M c)_r <= e_r`` elsewhere, e >= 0."""
+        ``zeros`` and positive on ``on`` (other units free), but for a few units. Linear
+        program: min sum(e) subject to ``(M c)_r <= e_r`` on ``zeros``, ``-(M c)_r <= e_r`` on
+        ``on``, e >= 0."""
         M = self.preactivations.numpy()
         n, batch = M.shape
-        sign = np.where(zeros.numpy(), 1.0, -1.0)[:, None]
+        sign = (zeros.double() - on.double()).numpy()[:, None]
         result = linprog(
             np.concatenate([np.zeros(batch), np.ones(n)]),
             A_ub=np.hstack([sign * M, -np.eye(n)]),
