@@ -22,6 +22,7 @@ Set GRADLEAK_SHARED_DATA to the data folder if it is not found automatically.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ def main() -> None:
         "convnet_width": args.convnet_width,
         "dlg_steps": DLG_STEPS,
         "threads": 1,
+        "feature_unmix": dataclasses.asdict(get_attack("feature_unmix").settings),
     }
     json_path = args.out / "repeated_labels_cnn.json"
     cases = _resume(json_path, settings)

@@ -35,6 +35,12 @@ def cifar10(shared_dir):
 
 
 @pytest.fixture(scope="session")
+def jpeg100(shared_dir):
+    """CIFAR-10 test images, 10 per class (JPEG copies)."""
+    return load_images(shared_dir / "cifar10" / "test_jpeg_q75_100.npz")
+
+
+@pytest.fixture(scope="session")
 def flowers(shared_dir):
     """Flowers-17 at 64x64, the first image of each class."""
     return load_images("flowers17", size=64).select(distinct_labels=True)

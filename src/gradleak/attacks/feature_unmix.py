@@ -37,7 +37,7 @@ from torch.func import jacrev
 from gradleak.attacks.base import Attack, AttackContext, Reconstruction, requirement
 from gradleak.attacks.labels import batch_labels
 from gradleak.attacks.objectives import GradientDistance
-from gradleak.attacks.parameterization import Pixels
+from gradleak.attacks.parameterization import CoarsePixels, Pixels
 from gradleak.attacks.priors import total_variation
 from gradleak.attacks.registry import register_attack
 from gradleak.attacks.requirements import LABELS
@@ -75,9 +75,11 @@ class FeatureUnmixSettings:
         features: weight lambda of the per-image feature term of (*).
         tv: weight of the total-variation prior of (*) (on the normalized input).
         invert_layers: recover the pre-activations below the head by R-GAP where layers allow.
+        resolutions: coarser image sides solved first (coarse to fine, each for ``iterations``
+            steps) before the full resolution.
     """
 
-    starts: int = 8
+    starts: int = 16
     unmix_iterations: int = 300
     iterations: int = 100
     lbfgs_inner: int = 20
@@ -85,6 +87,7 @@ class FeatureUnmixSettings:
     features: float = 1.0
     tv: float = 1e-4
     invert_layers: bool = True
+    resolutions: tuple[int, ...] = (16,)
 
 
 @requirement("a fully-connected output layer with a bias, and a batch smaller than the classes")
@@ -166,7 +169,8 @@ class FeatureUnmix(Attack):
         distance = GradientDistance(
             "cosine", [observation.gradients[n] for n in simulator.names], precise=True
         )
-        total = settings.rounds * (settings.iterations + 1)
+        steps = (settings.iterations + 1) * (1 + len(settings.resolutions))
+        total = settings.rounds * steps
         start_features = [body.features(_noise(model, batch_size, context.generator))]
         rounds: list[tuple[float, torch.Tensor]] = []
         frames: list[torch.Tensor] = []
@@ -184,7 +188,7 @@ class FeatureUnmix(Attack):
             features, residual = unmixing.solve(start_features, settings.unmix_iterations)
             residuals.append(residual)
             level = _level(model, head, features, unmixing.signals(features), settings)
-            done = round_index * (settings.iterations + 1)
+            done = round_index * steps
 
             def progress(step: int, value: float, done=done) -> None:
                 history.append(value)
@@ -353,12 +357,12 @@ class _BodyGradient:
             return self._capture(self.head, "input", images).flatten(1).double()
 
     def match(self, level: Level, start, settings, progress, max_frames: int):
-        """Solve (*) from ``start`` (gray when None); returns the images and frames."""
+        """Solve (*) from ``start`` (gray when None), coarse to fine over
+        ``settings.resolutions``; returns the images and frames. ``progress(step, value)``
+        counts steps over all resolutions."""
         model = self.model
         shape = (1, len(level.targets), *model.input_shape)
-        init = "gray" if start is None else start
-        pixels = Pixels(shape, init=init, boxed=True, mean=model.mean, std=model.std)
-        probe = self._capture(level.module, level.kind, pixels.images()[0])
+        probe = self._capture(level.module, level.kind, torch.full(shape[1:], 0.5))
         names = [
             n
             for n, p in self.named.items()
@@ -374,48 +378,61 @@ class _BodyGradient:
         wanted = level.targets.reshape(probe.shape)
         wanted_norm = wanted.pow(2).sum()
         signals = level.signals.reshape(probe.shape)
-        variables = pixels.parameters()
 
-        def objective() -> torch.Tensor:
-            normalized = pixels.data[0]
-            value = self._capture(level.module, level.kind, pixels.images()[0])
+        def objective(pixels) -> torch.Tensor:
+            images = pixels.images()[0]
+            value = self._capture(level.module, level.kind, images)
             inner = (value * signals).sum()
             grads = torch.autograd.grad(inner, params, create_graph=True)
             flat = torch.cat([g.flatten() for g in grads])
             loss = (flat - target).pow(2).sum() / target_norm
             loss = loss + settings.features * (value - wanted).pow(2).sum() / wanted_norm
+            normalized = (images - model.mean) / model.std
             return loss + settings.tv * total_variation(normalized[None])[0]
 
-        optimizer = torch.optim.LBFGS(
-            variables,
-            lr=1.0,
-            max_iter=settings.lbfgs_inner,
-            history_size=100,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-12,
-            tolerance_change=1e-16,
-        )
-
-        def closure():
-            optimizer.zero_grad()
-            loss = objective()
-            if torch.isfinite(loss):
-                loss.backward(inputs=variables)
-            return loss
-
-        every = max(1, settings.iterations // max(1, max_frames))
+        sizes = [r for r in settings.resolutions if r < min(shape[-2:])] + [min(shape[-2:])]
+        every = max(1, settings.iterations * len(sizes) // max(1, max_frames))
         frames: list[torch.Tensor] = []
-        for step in range(settings.iterations + 1):
-            if step:
-                value = float(optimizer.step(closure).detach())
+        images, done = start, 0
+        for size in sizes:
+            init = "gray" if images is None else images
+            if size < min(shape[-2:]):
+                pixels = CoarsePixels(shape, size, init=init, mean=model.mean, std=model.std)
             else:
-                value = float(objective().detach())
-            if not math.isfinite(value):
-                break
-            progress(step, value)
-            if step % every == 0:
-                frames.append(pixels.images()[0].detach().clamp(0, 1))
-        pixels.project_()
-        images = pixels.images()[0].detach()
+                pixels = Pixels(shape, init=init, boxed=True, mean=model.mean, std=model.std)
+            for value in _lbfgs(pixels, objective, settings):
+                progress(done, value)
+                if done % every == 0:
+                    frames.append(pixels.images()[0].detach().clamp(0, 1))
+                done += 1
+            pixels.project_()
+            images = pixels.images()[0].detach()
         frames.append(images)
         return images, frames
+
+
+def _lbfgs(pixels, objective, settings):
+    """Yield (*)'s value before and after each of ``settings.iterations`` L-BFGS steps."""
+    variables = pixels.parameters()
+    optimizer = torch.optim.LBFGS(
+        variables,
+        lr=1.0,
+        max_iter=settings.lbfgs_inner,
+        history_size=100,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-12,
+        tolerance_change=1e-16,
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        loss = objective(pixels)
+        if torch.isfinite(loss):
+            loss.backward(inputs=variables)
+        return loss
+
+    for step in range(settings.iterations + 1):
+        value = float((optimizer.step(closure) if step else objective(pixels)).detach())
+        if not math.isfinite(value):
+            return
+        yield value

@@ -78,6 +78,45 @@ class Pixels:
             torch.maximum(torch.minimum(self.data, self.high), self.low, out=self.data)
 
 
+class CoarsePixels(Pixels):
+    """Pixels on a coarser grid, bilinearly upsampled to the image size (a multi-resolution
+    prior: a side-``resolution`` image has ``(resolution / H)^2`` of the unknowns, and natural
+    images keep most of their energy there; coarse-to-fine solves start from the coarse one).
+
+    Args:
+        shape: (R, B, C, H, W) of the images; the variables are (R, B, C, r, r).
+        resolution: side r of the variables' grid (at most H and W).
+        init: ``"gray"`` or images in [0, 1] (downsampled by area averaging).
+        mean, std: as for :class:`Pixels`; the box is kept on the coarse grid (bilinear
+            interpolation stays inside it).
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        resolution: int,
+        *,
+        init: str | torch.Tensor = "gray",
+        mean=None,
+        std=None,
+    ):
+        if not 1 <= resolution <= min(shape[-2:]):
+            raise GradleakError(f"resolution must be in [1, {min(shape[-2:])}], got {resolution}")
+        self.size = tuple(shape[-2:])
+        coarse = (*shape[:-2], resolution, resolution)
+        if isinstance(init, torch.Tensor):
+            given = init.detach().float().expand(shape).flatten(0, 1)
+            init = torch.nn.functional.adaptive_avg_pool2d(given, resolution).view(coarse)
+        super().__init__(coarse, init=init, boxed=True, mean=mean, std=std)
+
+    def images(self) -> torch.Tensor:
+        flat = self.data.flatten(0, 1)
+        fine = torch.nn.functional.interpolate(
+            flat, size=self.size, mode="bilinear", align_corners=False
+        )
+        return fine.view(*self.data.shape[:-2], *self.size) * self.std + self.mean
+
+
 def _per_channel(values, default: float, channels: int) -> torch.Tensor:
     if values is None:
         return torch.full((channels, 1, 1), default)
