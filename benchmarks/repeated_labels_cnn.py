@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from repeated_labels import HELD_OUT_FROM, _load, _resume, _select
 
+from gradleak.analysis.rank import layer_rank_analysis
 from gradleak.attacks import get_attack
 from gradleak.metrics import score_batch
 from gradleak.models import build_model
@@ -69,6 +70,7 @@ def main() -> None:
     }
     json_path = args.out / "repeated_labels_cnn.json"
     cases = _resume(json_path, settings)
+    ranks: dict[str, list[dict]] = {}
     images, labels, within = _load()
     for (model_name, size), count in zip(cells, trials, strict=True):
         for trial in range(count):
@@ -78,6 +80,8 @@ def main() -> None:
             hidden = observe(
                 model, images[index], labels[index], knows_labels=False, knows_batch_size=False
             )
+            if trial == 0 and model_name == "convnet":  # where the body discards information
+                ranks[f"{model_name}-B{size}"] = layer_rank_analysis(hidden, batch_size=size)
             methods = ["feature_unmix"]
             if model_name == "lenet" and size == 2 and trial < args.baseline_trials:
                 methods.append("dlg")
@@ -94,8 +98,8 @@ def main() -> None:
                 cases[case_id] = case
                 print(f"{case_id}: {case['psnr_median']:.1f} dB median, {case['seconds']:.0f} s",
                       flush=True)  # fmt: skip
-                _write(args.out, settings, cases)
-    _write(args.out, settings, cases)
+                _write(args.out, settings, cases, ranks)
+    _write(args.out, settings, cases, ranks)
 
 
 def _run(method, model, hidden, truth_images, truth_labels, trial, budget) -> dict:
@@ -152,9 +156,7 @@ def _summary(cases: dict[str, dict]) -> list[dict]:
                 "psnr_min": min(per_image),
                 "ssim_mean": statistics.fmean(c["ssim"] for c in part),
                 "label_accuracy": statistics.fmean(c["label_accuracy"] for c in part),
-                "batch_size_correct": statistics.fmean(
-                    c["batch_size_found"] == size for c in part
-                ),
+                "batch_size_correct": statistics.fmean(c["batch_size_found"] == size for c in part),
                 "seconds_mean": statistics.fmean(c["seconds"] for c in part),
                 "target_median_psnr": target,
                 "met": None if target is None else median >= target,
@@ -163,7 +165,7 @@ def _summary(cases: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def _write(out: Path, settings: dict, cases: dict[str, dict]) -> None:
+def _write(out: Path, settings: dict, cases: dict[str, dict], ranks: dict) -> None:
     rows = _summary(cases)
     report = {
         "benchmark": "repeated_labels_cnn",
@@ -171,6 +173,7 @@ def _write(out: Path, settings: dict, cases: dict[str, dict]) -> None:
         "versions": environment(),
         "summary": rows,
         "cases": list(cases.values()),
+        "layer_ranks": ranks,
     }
     write_json(out / "repeated_labels_cnn.json", report)
     versions = report["versions"]
@@ -200,6 +203,17 @@ def _write(out: Path, settings: dict, cases: dict[str, dict]) -> None:
             f"| {r['ssim_mean']:.3f} | {r['label_accuracy']:.2f} | {r['batch_size_correct']:.2f} "
             f"| {r['seconds_mean']:.0f} | {target} |"
         )
+    for cell, layers in ranks.items():
+        lines += [
+            "",
+            f"Where {cell} discards information (`layer_rank_analysis`, R-GAP's per-layer "
+            "systems for the whole batch; gradient constraints only behind BatchNorm/ReLU):",
+            "",
+            "| layer | unknowns | equations | rank | discarded |",
+            "|---|---|---|---|---|",
+            *(f"| {r['name']} | {r['unknowns']} | {r['equations']} | {r['rank']} "
+              f"| {r['discarded']} ({r['discarded_fraction']:.0%}) |" for r in layers),
+        ]  # fmt: skip
     (out / "repeated_labels_cnn.md").write_text("\n".join(lines) + "\n")
 
 
