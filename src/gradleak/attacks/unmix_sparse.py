@@ -17,8 +17,8 @@ singular subspace U of ``G = U S V^T``, so ``delta_i = U p_i`` and the ``delta_i
 A direction is accepted from a zero pattern (the units where a sample is off) when U restricted
 to it has a unique null vector q (refitted by least squares, the pattern re-read from ``U q``
 until it settles, at least n/5 units) and some input ``z = M c`` of the subspace is negative on
-just those units (a linear program; a combination of two samples that vanishes where both do
-fails it). Patterns come from, in turn:
+those units and positive where ``U q`` clearly is not zero (a linear program; a combination of
+two samples that vanishes where both do fails it). Patterns come from, in turn:
 
 1. (not in SPEAR) the next linear layer, when the ReLU feeds one: its weight gradient's row
    space is span{relu(z_i)}, and each sample's coefficients solve ``relu(M c) in span{relu(z_i)}``
