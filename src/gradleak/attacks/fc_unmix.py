@@ -23,7 +23,7 @@ layer and ``exact`` otherwise):
   layers' constraint in closed form, plus the bias coordinate ``[x_i | 1]``. Solved by
   Levenberg-Marquardt in float64 from a random start; recovery is exact up to the float32
   noise of the observation for smooth activations (sigmoid, tanh). With ReLU, ``delta`` is
-  piecewise constant in x and the solver stalls (about 16 dB at B = 16): ``sparse`` is for that.
+  piecewise constant in x and the solver stalls (18 dB at B = 16, one class): hence ``sparse``.
 - ``method="cpa"``: CPA's ICA (negentropy + total variation + decorrelation, see
   :mod:`gradleak.attacks.unmix_cpa`), scale and sign fixed by the bias coordinate.
 
@@ -234,14 +234,14 @@ class FCUnmix(Attack):
         if method == "exact" and any(isinstance(m, nn.ReLU) for m in context.model.net.modules()):
             return (
                 "every image, repeated labels included, but the exact solve stalls behind ReLU "
-                "(about 16 dB at batch size 16, measured); method='sparse' is the alternative "
+                "(18 dB at batch size 16, one class, measured); method='sparse' is the alternative "
                 "when a ReLU follows the first layer"
             )
         if method == "sparse":
             return (
                 "every image, repeated labels included, exactly once all B sparse directions are "
-                "found (measured: fc_relu and mlp4_relu up to B = 32, one class, labels and batch "
-                "size hidden)"
+                "found (measured on CIFAR-10, labels and batch size hidden: 152-164 dB on fc_relu "
+                "at B = 4..32 and mlp4_relu at B = 16, one class or mixed)"
             )
         return self.expected
 
