@@ -24,12 +24,6 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 @pytest.fixture(scope="module")
-def jpeg100(shared_dir):
-    """CIFAR-10 test images, 10 per class (JPEG copies)."""
-    return load_images(shared_dir / "cifar10" / "test_jpeg_q75_100.npz")
-
-
-@pytest.fixture(scope="module")
 def jpeg_all(shared_dir):
     """All 10,000 CIFAR-10 test images (JPEG copies), for one-class batches larger than 10."""
     return load_images(shared_dir / "cifar10" / "test_jpeg_q75.npz")

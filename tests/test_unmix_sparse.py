@@ -7,17 +7,10 @@ import torch
 
 from gradleak.attacks.fc_unmix import FCUnmix, fc_subspace, resolve_method
 from gradleak.attacks.unmix_sparse import sparse_unmix
-from gradleak.data import load_images
 from gradleak.errors import GradleakError
 from gradleak.metrics import score_batch
 from gradleak.models import build_model
 from gradleak.threat import observe
-
-
-@pytest.fixture(scope="module")
-def jpeg100(shared_dir):
-    """CIFAR-10 test images, 10 per class (JPEG copies)."""
-    return load_images(shared_dir / "cifar10" / "test_jpeg_q75_100.npz")
 
 
 def _one_class(images, label: int, count: int):

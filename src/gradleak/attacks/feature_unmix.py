@@ -65,8 +65,8 @@ class FeatureUnmixSettings:
     """Settings of :class:`FeatureUnmix` (every field is overridable by keyword).
 
     Attributes:
-        starts: random starts of the feature unmixing (Levenberg-Marquardt), stopped early once
-            one solves the equation to the float32 noise floor.
+        restarts: random starts of the feature unmixing (Levenberg-Marquardt), stopped early
+            once one solves the equation to the float32 noise floor.
         unmix_iterations: Levenberg-Marquardt steps per start.
         iterations: L-BFGS steps of the image matching (*) per round.
         lbfgs_inner: L-BFGS iterations per step.
@@ -79,7 +79,7 @@ class FeatureUnmixSettings:
             steps) before the full resolution.
     """
 
-    starts: int = 16
+    restarts: int = 16
     unmix_iterations: int = 300
     iterations: int = 100
     lbfgs_inner: int = 20
@@ -180,10 +180,10 @@ class FeatureUnmix(Attack):
         for round_index in range(settings.rounds):
             if images is not None:
                 start_features = [body.features(images)]
-            elif settings.starts > 1:
+            elif settings.restarts > 1:
                 start_features += [
                     body.features(_noise(model, batch_size, context.generator))
-                    for _ in range(settings.starts - 1)
+                    for _ in range(settings.restarts - 1)
                 ]
             features, residual = unmixing.solve(start_features, settings.unmix_iterations)
             residuals.append(residual)
