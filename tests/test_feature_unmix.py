@@ -62,3 +62,17 @@ def test_batch_not_smaller_than_the_classes_is_refused(jpeg100):
     obs = observe(model, images, torch.tensor([0, 0, 1]))
     with pytest.raises(GradleakError, match="at most 2 images' features"):
         get_attack("feature_unmix")(obs)
+
+
+def test_convnet_with_train_mode_batchnorm_is_unmixed_through_its_head(jpeg100):
+    """BatchNorm couples the batch in the body, not in the head: the features still unmix
+    exactly; behind ReLU and max-pooling the matching runs Adam (one short round here)."""
+    model = build_model("convnet", width=4, seed=0)
+    images, labels = _one_class(jpeg100, 8, 2)
+    obs = _hidden(model, images, labels)
+    rec = FeatureUnmix(rounds=1, iterations=1, lbfgs_inner=3, resolutions=())(obs, seed=0)
+    assert rec.notes["unmixing_residual"][0] < 1e-6
+    assert rec.notes["inverted_layers"] == 0  # ReLU: nothing below the head is invertible
+    assert rec.images.shape == (2, 3, 32, 32) and rec.iterations == 4  # 3 Adam steps + start
+    with pytest.raises(GradleakError, match="unknown optimizer 'sgd'"):
+        FeatureUnmix(optimizer="sgd")(obs)

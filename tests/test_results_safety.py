@@ -65,7 +65,7 @@ def snapshot(out: Path) -> dict:
 
 def at_attack_step(monkeypatch, step: int, action) -> None:
     """``action()`` runs inside the attack's optimizer step ``step`` (0-based)."""
-    real = matching._make_step
+    real = matching.make_step
 
     def make_step(*args):
         inner = real(*args)
@@ -77,7 +77,7 @@ def at_attack_step(monkeypatch, step: int, action) -> None:
 
         return wrapped
 
-    monkeypatch.setattr(matching, "_make_step", make_step)
+    monkeypatch.setattr(matching, "make_step", make_step)
 
 
 def at_training_step(monkeypatch, step: int, action) -> None:

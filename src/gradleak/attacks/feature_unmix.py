@@ -36,6 +36,7 @@ from torch.func import jacrev
 
 from gradleak.attacks.base import Attack, AttackContext, Reconstruction, requirement
 from gradleak.attacks.labels import batch_labels
+from gradleak.attacks.matching import MatchingSettings, make_step
 from gradleak.attacks.objectives import GradientDistance
 from gradleak.attacks.parameterization import CoarsePixels, Pixels
 from gradleak.attacks.priors import total_variation
@@ -50,6 +51,9 @@ from gradleak.gradient.structure import INVERTIBLE, feedforward_layers, output_l
 from gradleak.models import ImageClassifier
 
 MAX_FRAMES = 60
+OPTIMIZERS = ("auto", "lbfgs", "adam")
+#: Modules that make the objective piecewise smooth (L-BFGS's line search stalls on them).
+NONSMOOTH = (nn.ReLU, nn.MaxPool2d, nn.ReLU6, nn.Hardtanh)
 #: Largest layer input (values per image) inverted as a dense matrix below the head.
 MAX_INVERTED_INPUT = 4096
 #: Singular values of the head's gradient above this many rounding-noise units count toward the
@@ -77,6 +81,11 @@ class FeatureUnmixSettings:
         invert_layers: recover the pre-activations below the head by R-GAP where layers allow.
         resolutions: coarser image sides solved first (coarse to fine, each for ``iterations``
             steps) before the full resolution.
+        optimizer: ``"lbfgs"``, ``"adam"`` (Inverting Gradients' signed Adam with step decay,
+            ``iterations * lbfgs_inner`` steps: as many evaluations) or ``"auto"``: L-BFGS
+            when every activation of the network is smooth, Adam behind ReLU and max-pooling
+            (where L-BFGS's line search stalls).
+        lr: Adam's step size (on the normalized input).
     """
 
     restarts: int = 16
@@ -88,6 +97,8 @@ class FeatureUnmixSettings:
     tv: float = 1e-4
     invert_layers: bool = True
     resolutions: tuple[int, ...] = (16,)
+    optimizer: str = "auto"
+    lr: float = 0.1
 
 
 @requirement("a fully-connected output layer with a bias, and a batch smaller than the classes")
@@ -161,6 +172,10 @@ class FeatureUnmix(Attack):
     def reconstruct(self, context: AttackContext) -> Reconstruction:
         observation, model, batch_size = context.observation, context.model, context.batch_size
         settings, callback = context.settings, context.callback
+        if settings.optimizer not in OPTIMIZERS:
+            raise GradleakError(
+                f"unknown optimizer {settings.optimizer!r}; choose one of {OPTIMIZERS}"
+            )
         labels = batch_labels(observation, model, batch_size)
         head_name, head = output_layer(model)
         unmixing = HeadUnmixing(observation.gradients, head_name, head, labels)
@@ -169,7 +184,7 @@ class FeatureUnmix(Attack):
         distance = GradientDistance(
             "cosine", [observation.gradients[n] for n in simulator.names], precise=True
         )
-        steps = (settings.iterations + 1) * (1 + len(settings.resolutions))
+        steps = (_steps(settings, model) + 1) * (1 + len(settings.resolutions))
         total = settings.rounds * steps
         start_features = [body.features(_noise(model, batch_size, context.generator))]
         rounds: list[tuple[float, torch.Tensor]] = []
@@ -390,8 +405,9 @@ class _BodyGradient:
             normalized = (images - model.mean) / model.std
             return loss + settings.tv * total_variation(normalized[None])[0]
 
+        adam = _uses_adam(settings, model)
         sizes = [r for r in settings.resolutions if r < min(shape[-2:])] + [min(shape[-2:])]
-        every = max(1, settings.iterations * len(sizes) // max(1, max_frames))
+        every = max(1, _steps(settings, model) * len(sizes) // max(1, max_frames))
         frames: list[torch.Tensor] = []
         images, done = start, 0
         for size in sizes:
@@ -400,7 +416,7 @@ class _BodyGradient:
                 pixels = CoarsePixels(shape, size, init=init, mean=model.mean, std=model.std)
             else:
                 pixels = Pixels(shape, init=init, boxed=True, mean=model.mean, std=model.std)
-            for value in _lbfgs(pixels, objective, settings):
+            for value in _optimize(pixels, objective, settings, adam):
                 progress(done, value)
                 if done % every == 0:
                     frames.append(pixels.images()[0].detach().clamp(0, 1))
@@ -411,9 +427,36 @@ class _BodyGradient:
         return images, frames
 
 
-def _lbfgs(pixels, objective, settings):
-    """Yield (*)'s value before and after each of ``settings.iterations`` L-BFGS steps."""
+def _uses_adam(settings, model: ImageClassifier) -> bool:
+    smooth = not any(isinstance(m, NONSMOOTH) for m in model.net.modules())
+    return settings.optimizer == "adam" or (settings.optimizer == "auto" and not smooth)
+
+
+def _steps(settings, model: ImageClassifier) -> int:
+    """Optimizer steps per resolution (Adam: as many as L-BFGS's evaluations)."""
+    adam = _uses_adam(settings, model)
+    return settings.iterations * (settings.lbfgs_inner if adam else 1)
+
+
+def _optimize(pixels, objective, settings, adam: bool):
+    """Yield (*)'s value before and after each step of the chosen optimizer."""
     variables = pixels.parameters()
+    if adam:
+        adam = MatchingSettings(
+            optimizer="adam",
+            lr=settings.lr,
+            iterations=settings.iterations * settings.lbfgs_inner,
+            signed=True,
+            schedule="step",
+        )
+        step = make_step(adam, variables, lambda: objective(pixels), pixels)
+        yield float(objective(pixels).detach())
+        for it in range(adam.iterations):
+            value = float(step(it))
+            if not math.isfinite(value):
+                return
+            yield value
+        return
     optimizer = torch.optim.LBFGS(
         variables,
         lr=1.0,

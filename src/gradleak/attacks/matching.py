@@ -381,7 +381,7 @@ class GradientMatchingAttack(Attack):
                     lr=settings.lr if stage.lr is None else stage.lr,
                 )
                 variables = [*parameterization.parameters(), *extra_variables]
-                step = _make_step(stage_settings, variables, objective, parameterization)
+                step = make_step(stage_settings, variables, objective, parameterization)
                 stale, best_seen = 0, float("inf")
                 for it in range(stage.iterations):
                     if prior.group is not None and it and it % settings.group_every == 0:
@@ -496,7 +496,7 @@ class _ImagePrior:
         return total
 
 
-def _make_step(settings: MatchingSettings, variables, objective, parameterization):
+def make_step(settings: MatchingSettings, variables, objective, parameterization):
     """One optimizer step as a function ``step(iteration) -> summed objective``."""
     if settings.optimizer == "lbfgs":
         optimizer = torch.optim.LBFGS(
