@@ -116,11 +116,12 @@ def _run(method, model, hidden, truth_images, truth_labels, trial, budget) -> di
     elif method == "feature_unmix" and model.config["name"] == "convnet":
         options = dict(CONVNET_BUDGET)
     elif method == "inverting_gradients":
-        probe = get_attack(method, iterations=CALIBRATION_STEPS)
+        probe = get_attack(method, iterations=CALIBRATION_STEPS, estimate_batch_size=True)
         start = time.perf_counter()
         probe(hidden, seed=trial)
         per_step = (time.perf_counter() - start) / CALIBRATION_STEPS
-        options = {"iterations": max(CALIBRATION_STEPS, int(budget["seconds"] / per_step))}
+        steps = max(CALIBRATION_STEPS, int(budget["seconds"] / per_step))
+        options = {"iterations": steps, "estimate_batch_size": True}
     attack = get_attack(method, **options)
     start = time.perf_counter()
     reconstruction = attack(observation, seed=trial)
