@@ -22,24 +22,20 @@ Set GRADLEAK_SHARED_DATA to the data folder if it is not found automatically.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from repeated_labels import DATA, HELD_OUT_FROM, _load, _resume, _select
 
 from gradleak.attacks.fc_unmix import FCUnmix
-from gradleak.data import load_images, shared_data_dir
 from gradleak.metrics import score_batch
 from gradleak.models import build_model
 from gradleak.report import environment, write_json
 from gradleak.threat import observe
 
-DATA = Path("cifar10", "test_jpeg_q75.npz")
-HELD_OUT_FROM = 500  # within-class index: images below it were used while developing
 COMPOSITIONS = ("repeated", "mixed")
 VARIANTS = {
     "sparse": {"method": "sparse"},
@@ -140,34 +136,6 @@ def main() -> None:
                 )
                 _write(args.out, settings, cases, command)
     _write(args.out, settings, cases, command)
-
-
-def _load():
-    data = np.load(shared_data_dir() / DATA, allow_pickle=False)
-    images = load_images(shared_data_dir() / DATA).images
-    return images, torch.as_tensor(data["labels"]), torch.as_tensor(data["within_class_index"])
-
-
-def _select(labels, within, size: int, composition: str, trial: int) -> torch.Tensor:
-    """Held-out image indices: one class (``repeated``) or classes in turn (``mixed``), without
-    repeats; each trial takes the next images (and, for ``repeated``, another class)."""
-    pools = [torch.nonzero((labels == c) & (within >= HELD_OUT_FROM)).flatten() for c in range(10)]
-    if composition == "repeated":
-        return pools[(3 * trial + size) % 10][trial * size : (trial + 1) * size]
-    per_class = -(-size // 10)
-    return torch.stack([pools[k % 10][trial * per_class + k // 10] for k in range(size)])
-
-
-def _resume(path: Path, settings: dict) -> dict[str, dict]:
-    if not path.exists():
-        return {}
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    if old.get("settings") != json.loads(json.dumps(settings)):
-        return {}
-    return {c["id"]: c for c in old.get("cases", [])}
 
 
 def _summary(cases: dict[str, dict]) -> list[dict]:
