@@ -126,7 +126,12 @@ def _run(method, model, hidden, truth_images, truth_labels, trial, budget) -> di
     start = time.perf_counter()
     reconstruction = attack(observation, seed=trial)
     seconds = time.perf_counter() - start
-    score = score_batch(reconstruction.images, truth_images, reconstruction.labels, truth_labels)
+    found, found_labels = reconstruction.images, reconstruction.labels
+    if len(found) < len(truth_images):  # batch size underestimated: the rest scored as gray
+        missing = len(truth_images) - len(found)
+        found = torch.cat([found, torch.full((missing, *found.shape[1:]), 0.5)])
+        found_labels = torch.cat([found_labels, torch.full((missing,), -1)])
+    score = score_batch(found, truth_images, found_labels, truth_labels)
     return {
         "method": method,
         "options": options,
