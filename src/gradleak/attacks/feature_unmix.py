@@ -137,7 +137,9 @@ class Level:
 
 @register_attack
 class FeatureUnmix(Attack):
-    """Recover a batch with repeated labels through its features (see the module docstring).
+    """Recover a batch with repeated labels on a CNN: unmix each image's features, then invert.
+
+    See the module docstring for the equations.
 
     Applies to any model whose output layer is fully connected with a bias on a feature vector
     (LeNet, ConvNet, ResNets, MLPs) and a batch smaller than the number of classes. Labels: the
