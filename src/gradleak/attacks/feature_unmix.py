@@ -88,8 +88,8 @@ class FeatureUnmixSettings:
         lr: Adam's step size (on the normalized input).
     """
 
-    restarts: int = 32
-    unmix_iterations: int = 1000
+    restarts: int = 16
+    unmix_iterations: int = 300
     iterations: int = 100
     lbfgs_inner: int = 20
     rounds: int = 2

@@ -24,8 +24,8 @@ def attack(variant: str, name: str | None = None, **settings) -> AttackSpec:
 _L2 = attack("l2", "dlg", labels="known")
 _COSINE = attack("cosine", "dlg", labels="known", distance="cosine")
 _LENET = (ModelSpec("lenet"),)
-# Its own budget (the grid's 200 steps would double it): 100 L-BFGS steps, 32 unmixing starts.
-_FEATURE_UNMIX = AttackSpec("feature_unmix", "feature_unmix", iterations=100, restarts=32)
+# Its own budget (the grid's 200 steps would double it): 100 L-BFGS steps, 16 unmixing starts.
+_FEATURE_UNMIX = AttackSpec("feature_unmix", "feature_unmix", iterations=100, restarts=16)
 _MLP = (ModelSpec("mlp4"),)
 
 # GradInversion's priors, each alone on top of cosine + TV (GradInversion's optimizer), all of them
