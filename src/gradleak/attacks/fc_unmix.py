@@ -48,7 +48,12 @@ from gradleak.attacks.priors import total_variation
 from gradleak.attacks.registry import register_attack
 from gradleak.attacks.requirements import IMAGE_LAYER, LABELS
 from gradleak.attacks.unmix_cpa import cpa_unmix
-from gradleak.attacks.unmix_solve import FirstLayerEquation, levenberg_marquardt
+from gradleak.attacks.unmix_solve import (
+    FirstLayerEquation,
+    layer_row_space,
+    levenberg_marquardt,
+    subspace_equation,
+)
 from gradleak.attacks.unmix_sparse import sparse_unmix
 from gradleak.errors import GradleakError
 from gradleak.gradient.batch_size import estimate_batch_size
@@ -189,11 +194,8 @@ def fc_subspace(observation: Observation, model: ImageClassifier, batch_size: in
     problem = _width_problem(layer, batch_size)
     if problem:
         raise GradleakError(problem)
-    weight = observation.gradients[f"{name}.weight"].double()
-    bias = observation.gradients[f"{name}.bias"].double()
-    gradient = torch.cat([weight, bias[:, None]], dim=1)
-    _, singular_values, vh = torch.linalg.svd(gradient, full_matrices=False)
-    return FCSubspace(name, layer, index, gradient, singular_values, vh[:batch_size].T)
+    gradient, singular_values, basis = layer_row_space(observation.gradients, name, batch_size)
+    return FCSubspace(name, layer, index, gradient, singular_values, basis)
 
 
 @register_attack
@@ -437,15 +439,7 @@ def _equation(
         return None
     rest = nn.Sequential(*list(model.net.children())[space.index + 1 :])
     rest = copy.deepcopy(rest).double().requires_grad_(False)
-    return FirstLayerEquation(
-        rest,
-        weight_in=space.layer.weight.detach().double() @ space.basis[:-1],
-        bias=space.layer.bias.detach().double(),
-        target=space.gradient @ space.basis,
-        bias_row=space.basis[-1],
-        labels=labels,
-        bias_weight=bias_weight,
-    )
+    return subspace_equation(rest, space.layer, space.gradient, space.basis, labels, bias_weight)
 
 
 def _coupled(model: ImageClassifier, index: int) -> bool:

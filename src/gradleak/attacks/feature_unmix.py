@@ -43,7 +43,7 @@ from gradleak.attacks.priors import total_variation
 from gradleak.attacks.registry import register_attack
 from gradleak.attacks.requirements import LABELS
 from gradleak.attacks.rgap import _derivative, _inverse
-from gradleak.attacks.unmix_solve import FirstLayerEquation, levenberg_marquardt
+from gradleak.attacks.unmix_solve import layer_row_space, levenberg_marquardt, subspace_equation
 from gradleak.errors import GradleakError
 from gradleak.gradient.batch_size import estimate_batch_size, gradient_ranks
 from gradleak.gradient.simulation import ClientSimulator
@@ -188,21 +188,20 @@ class FeatureUnmix(Attack):
         )
         steps = (_steps(settings, model) + 1) * (1 + len(settings.resolutions))
         total = settings.rounds * steps
-        start_features = [body.features(_noise(model, batch_size, context.generator))]
         rounds: list[tuple[float, torch.Tensor]] = []
         frames: list[torch.Tensor] = []
         history: list[float] = []
         images = None
         residuals: list[float] = []
         for round_index in range(settings.rounds):
-            if images is not None:
-                start_features = [body.features(images)]
-            elif settings.restarts > 1:
-                start_features += [
+            if images is None:
+                starts = [
                     body.features(_noise(model, batch_size, context.generator))
-                    for _ in range(settings.restarts - 1)
+                    for _ in range(settings.restarts)
                 ]
-            features, residual = unmixing.solve(start_features, settings.unmix_iterations)
+            else:  # later rounds start from the recovered images' features
+                starts = [body.features(images)]
+            features, residual = unmixing.solve(starts, settings.unmix_iterations)
             residuals.append(residual)
             level = _level(model, head, features, unmixing.signals(features), settings)
             done = round_index * steps
@@ -238,22 +237,11 @@ class HeadUnmixing:
     """The head's self-consistency equation in G's row space, and its solution by restarts."""
 
     def __init__(self, gradients: dict, head_name: str, head: nn.Linear, labels: torch.Tensor):
-        weight = gradients[f"{head_name}.weight"].double()
-        bias = gradients[f"{head_name}.bias"].double()
-        self.gradient = torch.cat([weight, bias[:, None]], dim=1)
-        _, _, vh = torch.linalg.svd(self.gradient, full_matrices=False)
-        self.basis = vh[: len(labels)].T
+        gradient, _, self.basis = layer_row_space(gradients, head_name, len(labels))
         self.weight = head.weight.detach().double()
         self.bias = head.bias.detach().double()
         self.labels = labels
-        self.equation = FirstLayerEquation(
-            nn.Identity(),
-            weight_in=self.weight @ self.basis[:-1],
-            bias=self.bias,
-            target=self.gradient @ self.basis,
-            bias_row=self.basis[-1],
-            labels=labels,
-        )
+        self.equation = subspace_equation(nn.Identity(), head, gradient, self.basis, labels)
 
     def solve(self, starts: list[torch.Tensor], iterations: int) -> tuple[torch.Tensor, float]:
         """Features (B, d) from the start with the lowest residual, and that relative residual;

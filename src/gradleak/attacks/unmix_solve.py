@@ -117,6 +117,38 @@ class FirstLayerEquation:
         return H.reshape(B * B, B * B), gradient.reshape(-1), cost
 
 
+def layer_row_space(
+    gradients: dict[str, torch.Tensor], name: str, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``G = [dL/dW | dL/db]`` of linear layer ``name`` in float64, all its singular values
+    (descending) and its top-``batch_size`` right singular vectors V (bias coordinate last)."""
+    weight = gradients[f"{name}.weight"].double()
+    bias = gradients[f"{name}.bias"].double()
+    gradient = torch.cat([weight, bias[:, None]], dim=1)
+    _, singular_values, vh = torch.linalg.svd(gradient, full_matrices=False)
+    return gradient, singular_values, vh[:batch_size].T
+
+
+def subspace_equation(
+    rest: nn.Module,
+    layer: nn.Linear,
+    gradient: torch.Tensor,
+    basis: torch.Tensor,
+    labels: torch.Tensor,
+    bias_weight: float = 1.0,
+) -> FirstLayerEquation:
+    """(*) for ``layer`` (weights from the attacker's copy) restricted to ``basis`` (V)."""
+    return FirstLayerEquation(
+        rest,
+        weight_in=layer.weight.detach().double() @ basis[:-1],
+        bias=layer.bias.detach().double(),
+        target=gradient @ basis,
+        bias_row=basis[-1],
+        labels=labels,
+        bias_weight=bias_weight,
+    )
+
+
 def levenberg_marquardt(
     equation: FirstLayerEquation,
     start: torch.Tensor,
