@@ -66,7 +66,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 FORMAT = "vs_breaching.breaching_side/1"
-MODELS = {"convnet": "ConvNet", "resnet18": "ResNet18"}
+MODELS = {"convnet": "ConvNet", "resnet18": "ResNet18", "resnet20": "ResNet20-optionA"}
 CHECK_TOLERANCE = 1e-4
 
 # What this script assumes of breaching's invertinggradients config (checked, not assumed).
@@ -187,14 +187,81 @@ def check_attack_config(cfg_attack) -> None:
         )
 
 
+class _OptionAShortcut(torch.nn.Module):
+    """He et al.'s option A: subsample by the stride, zero-pad the new channels."""
+
+    def __init__(self, extra: int, stride: int):
+        super().__init__()
+        self.stride, self.pad = stride, (extra // 2, extra - extra // 2)
+
+    def forward(self, x):
+        return torch.nn.functional.pad(
+            x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, *self.pad)
+        )
+
+
+class _CifarBlock(torch.nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.conv1 = conv(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(planes)
+        self.conv2 = conv(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(planes)
+        same = stride == 1 and in_planes == planes
+        self.shortcut = (
+            torch.nn.Identity() if same else _OptionAShortcut(planes - in_planes, stride)
+        )
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(torch.nn.Module):
+    """He et al. (2016, Sec. 4.2) CIFAR ResNet-(6n+2), option-A shortcuts, written here in plain
+    torch: breaching 0.1.2 has no option-A ResNet, and its attack takes any ``torch.nn.Module``."""
+
+    def __init__(self, depth: int, width: int, num_classes: int, in_channels: int):
+        super().__init__()
+        blocks = (depth - 2) // 6
+        self.conv1 = torch.nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(width)
+        layers, in_planes = [], width
+        for stage, planes in enumerate((width, 2 * width, 4 * width)):
+            stage_blocks = []
+            for index in range(blocks):
+                stride = 2 if stage > 0 and index == 0 else 1
+                stage_blocks.append(_CifarBlock(in_planes, planes, stride))
+                in_planes = planes
+            layers.append(torch.nn.Sequential(*stage_blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = torch.nn.Linear(in_planes, num_classes)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(torch.nn.functional.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
 def build_model(breaching, cfg, settings: dict):
     name = settings["model"]
     if name not in MODELS:
         raise CheckFailed(f"model {name!r} is not one of {sorted(MODELS)}")
-    if int(settings.get("width", 64)) != 64:
-        raise CheckFailed(f"breaching builds {name} at width 64 only, got {settings['width']}")
     if list(cfg.case.data.shape) != [int(settings["in_channels"]), *[settings["image_size"]] * 2]:
         raise CheckFailed(f"image shape {list(cfg.case.data.shape)} differs from the case's")
+    if name == "resnet20":
+        from breaching.cases.models.model_preparation import VisionContainer
+
+        net = CifarResNet(
+            20, int(settings["width"]), int(cfg.case.data.classes), int(settings["in_channels"])
+        )
+        model = VisionContainer(net)
+        model.name = MODELS[name]
+        # construct_model's loss for classification tasks
+        return model, torch.jit.script(torch.nn.CrossEntropyLoss())
+    if int(settings.get("width", 64)) != 64:
+        raise CheckFailed(f"breaching builds {name} at width 64 only, got {settings['width']}")
     model, loss_fn = breaching.cases.models.construct_model(
         cfg.case.model, cfg.case.data, pretrained=False
     )

@@ -285,9 +285,20 @@ def prepare_case(case: str, images, args, tv: float, scale: float, case_dir: Pat
     name, batch_size = parse_case(case)
     model = build_model(name, seed=args.seed)
     batch = images.select(batch_size, distinct_labels=True)
-    observation = observe(
-        model, batch.images, batch.labels, bn_mode=args.bn_mode, ids=list(batch.ids)
-    )
+    run = {
+        "iterations": args.iterations,
+        "seed": args.seed,
+        "snapshot_every": args.snapshot_every,
+        "threads": args.threads,
+    }
+    return write_case(name, model, batch, args.bn_mode, run, tv, scale, case_dir)
+
+
+def write_case(name: str, model, batch, bn_mode: str, run: dict, tv, scale, case_dir: Path):
+    """Observe ``batch`` on ``model`` and write the files breaching_side.py reads; ``run`` holds
+    breaching's iterations, seed, snapshot_every and threads."""
+    batch_size = len(batch.labels)
+    observation = observe(model, batch.images, batch.labels, bn_mode=bn_mode, ids=list(batch.ids))
     net = model.net
     parameter_names = [n for n, _ in net.named_parameters()]
     buffer_names = [n for n, _ in net.named_buffers()]
@@ -302,7 +313,7 @@ def prepare_case(case: str, images, args, tv: float, scale: float, case_dir: Pat
     )
     save_file({"labels": observation.labels.contiguous()}, str(case_dir / "labels.safetensors"))
     probe = torch.rand(batch.images.shape, generator=torch.Generator().manual_seed(12345))
-    reference = copy.deepcopy(model).train(args.bn_mode == "train")
+    reference = copy.deepcopy(model).train(bn_mode == "train")
     with torch.no_grad():
         logits = reference(batch.images)
     save_file(
@@ -319,19 +330,19 @@ def prepare_case(case: str, images, args, tv: float, scale: float, case_dir: Pat
         "mean": config["mean"],
         "std": config["std"],
         "bn_mode": observation.bn_mode,
-        "iterations": args.iterations,
+        "iterations": run["iterations"],
         "restarts": 1,
-        "seed": args.seed,
+        "seed": run["seed"],
         "tv_scale": scale,
-        "snapshot_every": args.snapshot_every,
-        "threads": args.threads,
+        "snapshot_every": run["snapshot_every"],
+        "threads": run["threads"],
         "parameter_names": parameter_names,
         "buffer_names": buffer_names,
     }
     (case_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     gradleak_objective = {
-        "images": _gradleak_objective(model, observation, batch.images, args.bn_mode, tv),
-        "probe_images": _gradleak_objective(model, observation, probe, args.bn_mode, tv),
+        "images": _gradleak_objective(model, observation, batch.images, bn_mode, tv),
+        "probe_images": _gradleak_objective(model, observation, probe, bn_mode, tv),
     }
     info = {
         "model": name,
