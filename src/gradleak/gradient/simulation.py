@@ -218,6 +218,8 @@ class ClientSimulator:
             result, statistics = self._client(images[part], labels[part], lr, autograd)
             traced.extend(statistics)
             total = result if total is None else {k: total[k] + result[k] for k in total}
+        if groups == 1:  # no division: it would copy every gradient (and its backward)
+            return tuple(total[f"net.{n}"] for n in self.names), _mean_statistics(traced)
         averaged = tuple(total[f"net.{n}"] / groups for n in self.names)
         return averaged, _mean_statistics(traced)
 
