@@ -177,6 +177,8 @@ def reference_settings(tv: float) -> dict:
     if missing:
         raise SystemExit(f"gradleak's inverting_gradients lacks the settings {missing}")
     settings["schedule"] = "step"
+    if "recipe" in fields:  # breaching's recipe, also on trained networks
+        settings["recipe"] = "as-set"
     settings.update({k: v for k, v in NEUTRAL_SETTINGS.items() if k in fields})
     return settings
 
@@ -463,9 +465,8 @@ def run_gradleak(config: GradleakConfig, observation, truth, truth_labels, seed:
         "settings": reconstruction.settings,
         "gradleak": git_state(),
     }
-    iterations, seconds, psnrs, note = _gradleak_trajectory(
-        reconstruction, config.call["iterations"], times, truth
-    )
+    requested = config.call.get("iterations") or reconstruction.iterations  # or the recipe's
+    iterations, seconds, psnrs, note = _gradleak_trajectory(reconstruction, requested, times, truth)
     if iterations[-1:] != [done]:
         iterations.append(done)
         seconds.append(times.get(done, total))

@@ -100,6 +100,7 @@ class AttackContext:
     callback: ProgressCallback | None = None
     notes: dict = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    explicit: frozenset = frozenset()
 
     def disable(self, setting: str, reason: str) -> None:
         """Switch the optional part weighted by ``setting`` off (its value becomes 0) and record
@@ -226,6 +227,7 @@ class Attack:
                 f"settings: {', '.join(sorted(known))}"
             )
         self.settings = dataclasses.replace(self.defaults, **checked_settings(self, overrides))
+        self.explicit = frozenset(overrides)  # what the caller set (recipes leave it alone)
 
     @classmethod
     def iterative(cls) -> bool:
@@ -307,7 +309,9 @@ class Attack:
             if int(value) < 1:
                 raise GradleakError(f"{key} must be at least 1, got {value}")
             settings = dataclasses.replace(settings, **{key: int(value)})
-        context = self._context(observation, batch_size, settings, model)
+        context = self._context(
+            observation, batch_size, settings, model, self.explicit | frozenset(budget)
+        )
         problems = self._problems(context)
         if problems:
             raise GradleakError(f"attack '{self.name}' does not apply: {'; '.join(problems)}")
@@ -340,6 +344,7 @@ class Attack:
         batch_size: int | None,
         settings,
         model: ImageClassifier | None,
+        explicit: frozenset | None = None,
     ) -> AttackContext:
         view = observation.attacker_view()
         known = view.known_batch_size
@@ -361,6 +366,7 @@ class Attack:
         if read_as_gradient:
             view = view.as_gradient()
         context = AttackContext(self.name, view, model, int(size), settings)
+        context.explicit = self.explicit if explicit is None else explicit
         if read_as_gradient:
             context.notes["observed"] = "one plain-SGD step: read as lr x the averaged gradient"
         if view.clients > 1 and not self.reads_updates:

@@ -88,6 +88,9 @@ class LearnedInversion(GradientMatchingAttack):
     """
 
     name = "learned"
+    #: On a trained network the inverter's images are kept as they are: Inverting Gradients'
+    #: refinement moved the PSNR by less than 0.1 dB there (``benchmarks/results/realistic.md``).
+    trained_recipe = {"refine": "none"}
     defaults = LearnedSettings(**dataclasses.asdict(InvertingGradients.defaults))
     requirements = (*GradientMatchingAttack.requirements, INVERTER, INVERTER_FITS, FIXED_LABELS)
     expected = "the inverter's images in milliseconds (refine='ig': then Inverting Gradients)"

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -53,6 +54,22 @@ from gradleak.threat import Observation
 
 OPTIMIZERS = ("adam", "lbfgs")
 SCHEDULES = ("constant", "step", "cosine")
+RECIPES = ("auto", "trained", "as-set")
+
+
+def is_trained(model) -> bool:
+    """Whether ``model`` looks trained: some BatchNorm layer's running statistics have left their
+    initial values (mean 0, variance 1). A network without BatchNorm reads as untrained; pass
+    ``recipe="trained"`` for one."""
+    for layer in batchnorm_layers(model):
+        if layer.running_mean is None:
+            continue
+        moved = layer.running_mean.abs().max() > 1e-6 or (layer.running_var - 1).abs().max() > 1e-6
+        if bool(moved):
+            return True
+    return False
+
+
 MAX_FRAMES = 60
 
 
@@ -97,6 +114,11 @@ class MatchingSettings:
         estimate_batch_size: when the threat model hides the batch size and the caller gives
             no guess, estimate it from the gradient (:func:`gradleak.gradient.batch_size.
             estimate_batch_size`, ``"auto"``) instead of refusing to run.
+        recipe: ``"auto"``: on a trained network (:func:`is_trained`) the settings the caller
+            did not set take the attack's trained-network values (``trained_recipe``; only
+            ``inverting_gradients``, ``gradinversion`` and ``learned`` have them, measured by
+            ``benchmarks/realistic.py``); ``"trained"``: those values whatever the network;
+            ``"as-set"``: the settings as they are.
     """
 
     distance: str = "l2"
@@ -124,6 +146,7 @@ class MatchingSettings:
     learn_lr: bool = True
     refine_labels: bool = True
     estimate_batch_size: bool = False
+    recipe: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -255,9 +278,14 @@ class GradientMatchingAttack(Attack):
         super().__init__(**overrides)
         check_target(self.settings.bn_statistics)
 
+    #: settings that replace the defaults on a trained network (the ``recipe`` setting)
+    trained_recipe: ClassVar[dict] = {}
+
     def configure(self, context: AttackContext) -> None:
-        """Switch off GradInversion's BN prior on models without BatchNorm running statistics
-        and group consistency with a single restart."""
+        """Apply the trained-network recipe where it is due; switch off GradInversion's BN prior
+        on models without BatchNorm running statistics and group consistency with a single
+        restart."""
+        self.apply_recipe(context)
         s = context.settings
         if s.bn:
             layers = batchnorm_layers(context.model)
@@ -268,6 +296,20 @@ class GradientMatchingAttack(Attack):
             context.disable("group", "group consistency needs at least 2 restarts")
         if s.estimate_batch_size and context.observation.known_batch_size is None:
             context.notes["batch_size"] = f"estimated from the gradient: {context.batch_size}"
+
+    def apply_recipe(self, context: AttackContext) -> None:
+        """``trained_recipe`` for the settings the caller did not set, when ``recipe`` asks."""
+        recipe = context.settings.recipe
+        if recipe not in RECIPES:
+            raise GradleakError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
+        if not self.trained_recipe or recipe == "as-set":
+            return
+        if recipe == "auto" and not is_trained(context.model):
+            return
+        changes = {k: v for k, v in self.trained_recipe.items() if k not in context.explicit}
+        if changes:
+            context.settings = dataclasses.replace(context.settings, **changes)
+            context.notes["recipe"] = {"trained network": changes}
 
     def guess_batch_size(self, observation: Observation) -> int | None:
         """With ``estimate_batch_size``: the estimate of :func:`gradleak.gradient.batch_size.
