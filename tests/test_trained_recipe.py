@@ -29,29 +29,33 @@ def test_trained_means_moved_batchnorm_statistics():
 def test_inverting_gradients_takes_the_trained_recipe_for_what_the_caller_left_unset(
     trained_observation,
 ):
-    result = get_attack("inverting_gradients", tv=0.3)(trained_observation, iterations=2)
-    assert result.notes["recipe"] == {"trained network": {"init": "gray"}}
-    assert (result.settings["init"], result.settings["tv"]) == ("gray", 0.3)
-    assert result.settings["iterations"] == 2  # the call's budget is the caller's
-    untouched = get_attack("inverting_gradients", recipe="as-set")(
-        trained_observation, iterations=2
-    )
-    assert "recipe" not in untouched.notes and untouched.settings["init"] == "randn"
+    attack = get_attack("inverting_gradients", tv=0.3)
+    planned = attack.planned_settings(trained_observation)
+    assert (planned.iterations, planned.tv, planned.init) == (2400, 0.3, "randn")
+    assert get_attack("gradinversion").planned_settings(trained_observation).iterations == 2400
+    kept = get_attack("inverting_gradients", iterations=50).planned_settings(trained_observation)
+    assert kept.iterations == 50  # set by the caller: left alone
+    as_set = get_attack("inverting_gradients", recipe="as-set")
+    assert as_set.planned_settings(trained_observation).iterations == 2000
+    result = attack(trained_observation, iterations=2)  # the call's budget is the caller's too
+    assert result.settings["iterations"] == 2 and "recipe" not in result.notes
 
 
-def test_gradinversion_recipe_runs_one_restart_and_says_group_is_off(trained_observation):
-    result = get_attack("gradinversion")(trained_observation, iterations=2)
-    assert result.settings["restarts"] == 1 and result.settings["init"] == "gray"
-    assert "group" in result.notes["disabled"]
+def test_learned_keeps_the_inverters_images_and_gradinversion_its_priors(trained_observation):
+    from gradleak.attacks.learned_inversion import LearnedInversion
+
+    assert LearnedInversion.trained_recipe == {"refine": "none"}
+    forced = get_attack("gradinversion", recipe="trained", restarts=1)
+    planned = forced.planned_settings(trained_observation)
+    assert planned.iterations == 2400 and planned.bn > 0 and planned.group == 0  # 1 restart
 
 
 def test_untrained_network_keeps_the_defaults(cifar10):
     batch = cifar10.select(1)
     observation = observe(build_model("lenet"), batch.images, batch.labels)
-    result = get_attack("inverting_gradients")(observation, iterations=2)
-    assert "recipe" not in result.notes and result.settings["init"] == "randn"
-    forced = get_attack("inverting_gradients", recipe="trained")(observation, iterations=2)
-    assert forced.settings["init"] == "gray"
+    assert get_attack("inverting_gradients").planned_settings(observation).iterations == 2000
+    forced = get_attack("inverting_gradients", recipe="trained")
+    assert forced.planned_settings(observation).iterations == 2400
 
 
 def test_unknown_recipe_is_refused(trained_observation):

@@ -256,6 +256,11 @@ class Attack:
             return [str(err)]
         return self._problems(context)
 
+    def planned_settings(self, observation: Observation, *, batch_size: int | None = None):
+        """The settings a run on ``observation`` would use: with the trained-network recipe
+        applied where it is due and the optional parts that cannot apply switched off."""
+        return self._context(observation, batch_size, self.settings, None).settings
+
     def expectation(self, context: AttackContext) -> str:
         """What the attack should recover in ``context`` (for ``gradleak analyze``)."""
         return self.expected

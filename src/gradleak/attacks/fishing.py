@@ -108,6 +108,7 @@ class FishingAttack(InvertingGradients):
     """
 
     name = "fishing"
+    trained_recipe = {}  # its own budget, measured in benchmarks/malicious_servers.py
     expected = "one image of the fished class, alone in the gradient if the class is unique"
     defaults = dataclasses.replace(InvertingGradients.defaults, labels="known")
     requirements = (made_by("fishing"), FISHED_IMAGE)
